@@ -1,0 +1,87 @@
+"""``fl-cem``: the command line for centralized training, attacks and inspection.
+
+Federated runs start with ``flwr run .`` (see README); every subcommand here takes the same
+run-config TOML files and ``--set section.key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from fl_cem.config import Config, parse_override
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides = dict(parse_override(item) for item in args.set)
+    return Config.load(args.config, overrides)
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="run-config TOML (same files as flwr run --run-config)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. cem.lambda=16")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fl_cem.training.centralized import train_centralized
+
+    cfg = _load(args)
+    results = train_centralized(cfg)
+    final = results["final"]
+    print(
+        f"done: test accuracy {final['test_accuracy']:.4f} "
+        f"(at best val epoch {final['best_val_epoch']}: {final['test_accuracy_at_best_val']:.4f}); "
+        f"results in {cfg.run.output_dir}/{cfg.run.name}/results.json"
+    )
+    return 0
+
+
+def cmd_defaults(args: argparse.Namespace) -> int:
+    """Print every key with its default as the [tool.flwr.app.config] tables of pyproject.toml."""
+    import json
+
+    section = None
+    for key, value in Config.defaults_flat().items():
+        head, name = key.split(".", 1)
+        if head != section:
+            print(f"\n[tool.flwr.app.config.{head}]")
+            section = head
+        print(f"{name} = {json.dumps(value)}")
+    return 0
+
+
+def cmd_defenses(args: argparse.Namespace) -> int:
+    from fl_cem.defenses.registry import get_defense, list_defenses
+
+    for name in list_defenses():
+        doc = (get_defense(name).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:14s} {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fl-cem", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a split model centrally")
+    _add_config_args(train)
+    train.set_defaults(func=cmd_train)
+    defaults = sub.add_parser("defaults", help="print all config keys with defaults (pyproject form)")
+    defaults.set_defaults(func=cmd_defaults)
+    defenses = sub.add_parser("defenses", help="list registered defenses")
+    defenses.set_defaults(func=cmd_defenses)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"fl-cem: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

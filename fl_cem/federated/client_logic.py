@@ -1,0 +1,267 @@
+"""What a split-learning client does with each message, without any Flower types.
+
+A ClientApp object does not survive between messages, so every handler starts from the state
+saved in ``context.state`` (encoder weights, optimizer, defense, CEM statistics and a cursor
+into the local data) and ends by saving it again. The torch modules themselves are built once
+per process and partition and only re-loaded, because building VGG11 per batch would cost more
+than the batch.
+
+One training message carries the gradients for the batches the client sent last time and asks
+for the next ``chunk`` batches, so a batch costs one round trip (the gradient is piggy-backed
+on the next request). With ``chunk = 1`` this is exact split learning: the same computation as
+:func:`fl_cem.training.step.train_step`. With ``chunk > 1`` the client smashes several batches
+before it receives any gradient, so batches after the first are smashed by an encoder that is
+up to ``chunk - 1`` steps stale, and the recomputed forward pass (with the updated encoder) no
+longer matches the features the server differentiated: faster, not exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fl_cem.cem import MixtureStats
+from fl_cem.cem.kmeans import fit_class_centres
+from fl_cem.config import Config
+from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
+from fl_cem.training.setup import build_client, build_model, lr_at
+from fl_cem.training.step import (
+    ClientParts,
+    batch_seed,
+    client_forward,
+    encoder_step,
+    frozen_batchnorm_stats,
+    smash,
+    smashed_features,
+)
+
+
+@dataclass
+class Cursor:
+    """Where the client is in its round: the next batch to smash and the batches awaiting gradients."""
+
+    epoch: int = 0
+    batch: int = 0
+    end_epoch: int = 0
+    pending: list[tuple[int, int]] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "end_epoch": self.end_epoch,
+            "pending": [list(p) for p in self.pending],
+            "sums": dict(self.sums),
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Cursor:
+        return cls(d["epoch"], d["batch"], d["end_epoch"], [tuple(p) for p in d["pending"]], dict(d["sums"]), d["steps"])  # type: ignore[misc]
+
+
+@dataclass
+class Template:
+    """Modules built once per (config, partition) in a process; state is loaded into them per message."""
+
+    parts: ClientParts
+    loader: BatchLoader
+    initial: dict[str, Any]
+
+
+@lru_cache(maxsize=4)
+def _splits(config_json: str) -> DataSplits:
+    cfg = Config.from_flat(json.loads(config_json))
+    return load_splits(cfg.data, cfg.run.seed)
+
+
+@lru_cache(maxsize=256)
+def _template(config_json: str, partition_id: int, num_partitions: int, device: str) -> Template:
+    cfg = Config.from_flat(json.loads(config_json))
+    splits = _splits(config_json)
+    parts = partition_indices(splits.train.labels, cfg.partition, num_partitions, cfg.run.seed)
+    indices = parts[partition_id].sort().values
+    model = build_model(cfg, splits.shape, splits.num_classes, splits.mean, splits.std)
+    client = build_client(cfg, model, splits.num_classes, len(indices), torch.device(device))
+    loader = BatchLoader(
+        splits.train,
+        cfg.train.batch_size,
+        torch.device(device),
+        shuffle=True,
+        augment=cfg.data.augment,
+        flip=splits.natural,
+        seed=cfg.run.seed + 7919 * partition_id,
+        indices=indices,
+    )
+    template = Template(client, loader, {})
+    template.initial = copy.deepcopy(_dump_parts(client))
+    return template
+
+
+def _dump_parts(parts: ClientParts) -> dict[str, Any]:
+    assert parts.cem is not None
+    return {
+        "encoder": parts.encoder.state_dict(),
+        "defense": parts.defense.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "cem": parts.cem.state_dict(),
+    }
+
+
+class SplitClient:
+    """One client for the duration of one message."""
+
+    def __init__(self, cfg: Config, partition_id: int, num_partitions: int, device: torch.device, state: dict[str, Any] | None) -> None:
+        if not 0 <= partition_id < num_partitions:
+            raise ValueError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+        self.cfg = cfg
+        self.partition_id = partition_id
+        self.num_partitions = num_partitions
+        self.device = device
+        config_json = json.dumps(cfg.to_flat(), sort_keys=True)
+        self.splits = _splits(config_json)
+        template = _template(config_json, partition_id, num_partitions, str(device))
+        self.parts = template.parts
+        self.loader = template.loader
+        self.total_epochs = cfg.federated.rounds * cfg.federated.local_epochs
+        state = state or template.initial
+        self.parts.encoder.load_state_dict(state["encoder"])
+        self.parts.defense.load_state_dict(state["defense"])
+        self.parts.optimizer.load_state_dict(state["optimizer"])
+        assert self.parts.cem is not None
+        self.cem = self.parts.cem
+        self.cem.load_state_dict(state["cem"])
+        self.cursor = Cursor.from_dict(state["cursor"]) if "cursor" in state else Cursor()
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue: saved in ``context.state`` and in server checkpoints."""
+        return {**_dump_parts(self.parts), "cursor": self.cursor.to_dict()}
+
+    # ------------------------------------------------------------------ queries
+    def hello(self) -> dict[str, Any]:
+        """What the server needs to build the decoder and weight aggregates."""
+        return {
+            "partition_id": self.partition_id,
+            "num_partitions": self.num_partitions,
+            "num_examples": len(self.loader.indices),
+            "pixel_var": self.splits.pixel_var,
+            "num_classes": self.splits.num_classes,
+            "shape": list(self.splits.shape),
+        }
+
+    def features(self) -> tuple[Tensor, Tensor]:
+        """Noise-free features of the whole local partition (CEM refits)."""
+        data = self.splits.train.subset(self.loader.indices)
+        loader = BatchLoader(data, self.cfg.train.eval_batch_size, self.device, shuffle=False)
+        return smashed_features(self.parts.encoder, self.parts.defense, iter(loader))
+
+    def local_centres(self, global_centres: Tensor | None, seed: int) -> tuple[Tensor, Tensor]:
+        """Local k-means centres and their counts, for the server's global initial centres."""
+        z, y = self.features()
+        warm = None
+        if global_centres is not None:
+            warm = torch.ones(self.splits.num_classes, dtype=torch.bool)
+        centres = fit_class_centres(
+            z.flatten(1), y, self.splits.num_classes, self.cfg.cem.clusters_per_class, self.cfg.cem.kmeans_iters,
+            torch.Generator().manual_seed(seed), previous=global_centres, warm=warm,
+        )
+        stats = MixtureStats.compute(z.flatten(1), y, centres, self.cfg.cem.clusters_per_class, self.cfg.cem.covariance)
+        return centres, stats.counts
+
+    def local_stats(self, centres: Tensor) -> MixtureStats:
+        """Sufficient statistics of the local features about the server's centres."""
+        z, y = self.features()
+        return MixtureStats.compute(z.flatten(1), y, centres.to(z.dtype), self.cfg.cem.clusters_per_class, self.cfg.cem.covariance)
+
+    def evaluate(self, split: str, seed: int) -> tuple[Tensor, Tensor]:
+        """Smashed data of a whole split, noise on, as deployed (the server classifies it)."""
+        data = getattr(self.splits, split)
+        loader = BatchLoader(data, self.cfg.train.eval_batch_size, self.device, shuffle=False)
+        self.parts.encoder.eval()
+        self.parts.defense.eval()
+        try:
+            with torch.no_grad():
+                out = [(smash(self.parts.encoder, self.parts.defense, x, self.cfg.noise.sigma, seed + i)[1], y) for i, (x, y) in enumerate(loader)]
+        finally:
+            self.parts.encoder.train()
+            self.parts.defense.train()
+        return torch.cat([z for z, _ in out]), torch.cat([y for _, y in out])
+
+    def cem_report(self, seed: int) -> dict[str, float]:
+        """Local bound; with lambda = 0 the mixture is fitted here, for measurement only."""
+        if not self.cfg.cem.enabled or not self.cem.fitted:
+            z, y = self.features()
+            self.cem.refit(z, y, torch.Generator().manual_seed(seed))
+        return self.cem.report(math.prod(self.splits.shape), self.splits.pixel_var)
+
+    # ------------------------------------------------------------------ training
+    def start_round(self, first_epoch: int, epochs: int) -> None:
+        self.cursor = Cursor(epoch=first_epoch, batch=0, end_epoch=first_epoch + epochs)
+
+    def apply_gradients(self, grads: Tensor) -> None:
+        """Recompute the pending batches' forward passes and step with the server's gradients."""
+        offset = 0
+        for epoch, batch in self.cursor.pending:
+            self.loader.set_epoch(epoch)
+            x, y = self.loader.batch(batch)
+            seed = batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id)
+            with frozen_batchnorm_stats(self.parts.encoder):
+                z_hat, z = client_forward(self.parts, x, seed)
+            grad = grads[offset : offset + len(y)].to(z)
+            offset += len(y)
+            lr = lr_at(self.cfg.train, epoch, self.total_epochs)
+            for group in self.parts.optimizer.param_groups:
+                group["lr"] = lr
+            metrics = encoder_step(self.parts, x, y, z_hat, z, grad, lr)
+            for key, value in metrics.items():
+                self.cursor.sums[key] = self.cursor.sums.get(key, 0.0) + float(value)
+            self.cursor.steps += 1
+        if offset != len(grads):
+            raise ValueError(f"server sent gradients for {len(grads)} samples, the client expected {offset}")
+        self.cursor.pending = []
+
+    @property
+    def done(self) -> bool:
+        return self.cursor.epoch >= self.cursor.end_epoch
+
+    def next_chunk(self, chunk: int) -> tuple[Tensor, Tensor, list[int], list[int]]:
+        """Smash the next ``chunk`` batches (no graph kept); returns z, labels, epochs, sizes."""
+        zs, ys, epochs, sizes = [], [], [], []
+        while len(zs) < chunk and not self.done:
+            epoch, batch = self.cursor.epoch, self.cursor.batch
+            if batch == 0:
+                self._epoch_start(epoch)
+            self.loader.set_epoch(epoch)
+            x, y = self.loader.batch(batch)
+            with torch.no_grad():
+                _, z = client_forward(self.parts, x, batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id))
+            zs.append(z)
+            ys.append(y)
+            epochs.append(epoch)
+            sizes.append(len(y))
+            self.cursor.pending.append((epoch, batch))
+            self.cursor.batch += 1
+            if self.cursor.batch == len(self.loader):
+                self.cursor.epoch += 1
+                self.cursor.batch = 0
+        return torch.cat(zs), torch.cat(ys), epochs, sizes
+
+    def _epoch_start(self, epoch: int) -> None:
+        """Local CEM refit at the start of an epoch (Algorithm 1, lines 4-5), as centralized does."""
+        cfg = self.cfg.cem
+        if cfg.enabled and cfg.federation == "local" and epoch % cfg.refit_every == 0:
+            z, y = self.features()
+            self.cem.refit(z, y, torch.Generator().manual_seed(self.cfg.run.seed + epoch))
+
+    def round_metrics(self) -> dict[str, float]:
+        steps = max(self.cursor.steps, 1)
+        return {key: value / steps for key, value in self.cursor.sums.items()}

@@ -1,0 +1,333 @@
+"""The ServerApp's main loop: rounds from the strategy, batches served in arrival order.
+
+Per round: sample clients; for ``cem.federation = global`` merge the clients' CEM statistics
+(local k-means centres -> global centres -> exact moment-matched mixture); send each sampled
+client its first ``train.step``; then serve replies as they arrive: every reply carries one
+chunk of smashed data, the decoder steps on it, and the gradient goes back piggy-backed on the
+client's next request, until the client reports ``done``. Then aggregate (SplitFed average when
+syncing encoders), evaluate every client's encoder with the shared decoder, checkpoint.
+
+Push/pull is done here rather than with ``grid.send_and_receive``: that call waits for all
+replies and sleeps between pulls, while split learning needs to answer each client as soon as
+its batch arrives (see docs/ARCHITECTURE.md for measured costs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fl_cem.cem import ConditionalEntropy, MixtureStats
+from fl_cem.config import Config
+from fl_cem.federated.server_logic import SplitServer
+from fl_cem.federated.wire import from_record, to_record
+from fl_cem.reporting.board import Board
+from fl_cem.reporting.progress import eta_line
+from fl_cem.reporting.run_dir import RunDir, atomic_torch_save, environment, git_commit
+from fl_cem.training.setup import resolve_device
+from strategies.split_strategy import SplitLearningStrategy
+
+POLL_SECONDS = 0.005
+NODE_WAIT_SECONDS = 120.0
+
+
+class TooFewClients(RuntimeError):
+    """Raised when fewer than ``federated.min-clients`` clients are left in a round."""
+
+
+@dataclass
+class Exchange:
+    """Messages in flight, pulled as they arrive, with a deadline per message."""
+
+    grid: Grid
+    timeout: float
+    log: Callable[[str], None]
+    in_flight: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def send(self, messages: Iterable[Message]) -> None:
+        messages = list(messages)
+        now = time.monotonic()
+        for msg_id, msg in zip(self.grid.push_messages(messages), messages):
+            self.in_flight[msg_id] = (msg.metadata.dst_node_id, now)
+
+    def receive(self) -> tuple[list[Message], list[int]]:
+        """Replies that arrived, and nodes whose message ran past the deadline (dropped)."""
+        replies = list(self.grid.pull_messages(list(self.in_flight))) if self.in_flight else []
+        for reply in replies:
+            self.in_flight.pop(reply.metadata.reply_to_message_id, None)
+        now = time.monotonic()
+        expired = [msg_id for msg_id, (_, sent) in self.in_flight.items() if now - sent > self.timeout]
+        late = [self.in_flight.pop(msg_id)[0] for msg_id in expired]
+        for node in late:
+            self.log(f"client on node {node} did not answer within {self.timeout:.0f}s; left out of this round")
+        if not replies and self.in_flight:
+            time.sleep(POLL_SECONDS)
+        return replies, late
+
+    def gather(self, messages: Iterable[Message]) -> list[Message]:
+        """Send and wait for all replies (or their deadlines); errors are logged and dropped."""
+        self.send(messages)
+        good: list[Message] = []
+        while self.in_flight:
+            replies, _ = self.receive()
+            for reply in replies:
+                if reply.has_error():
+                    self.log(f"client on node {reply.metadata.src_node_id} failed: {reply.error.reason}")
+                else:
+                    good.append(reply)
+        return good
+
+
+def discover(grid: Grid, exchange: Exchange, cfg: Config, log: Callable[[str], None]) -> dict[int, dict[str, Any]]:
+    """Wait for the nodes, then ask each for its partition and data shape (node ids are random)."""
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    expected = None
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if nodes and expected is None:
+            first = exchange.gather([Message(RecordDict(), nodes[0], "query.hello")])
+            if first:
+                expected = int(first[0].content["config"]["num_partitions"])
+        if expected is not None and len(nodes) >= expected:
+            break
+        if time.monotonic() > deadline:
+            raise TooFewClients(f"only {len(nodes)} nodes connected after {NODE_WAIT_SECONDS:.0f}s (expected {expected})")
+        time.sleep(0.5)
+    replies = exchange.gather([Message(RecordDict(), node, "query.hello") for node in nodes])
+    info = {r.metadata.src_node_id: dict(r.content["config"]) for r in replies}
+    if len(info) < cfg.federated.min_clients:
+        raise TooFewClients(f"{len(info)} clients answered, federated.min-clients is {cfg.federated.min_clients}")
+    shapes = {tuple(i["shape"]) for i in info.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"clients hold data of different shapes: {sorted(shapes)}")
+    log(f"{len(info)} clients: partitions {sorted(int(i['partition_id']) for i in info.values())}")
+    return info
+
+
+class FederatedRun:
+    """State of a federated run across rounds; checkpointed after every round."""
+
+    def __init__(self, grid: Grid, cfg: Config, log: Callable[[str], None] = print) -> None:
+        self.grid = grid
+        self.cfg = cfg
+        self.log = log
+        self.run_dir = RunDir.for_config(cfg)
+        self.exchange = Exchange(grid, cfg.federated.client_timeout, log)
+        self.nodes = discover(grid, self.exchange, cfg, log)
+        first = next(iter(self.nodes.values()))
+        self.shape = tuple(int(s) for s in first["shape"])
+        self.num_classes = int(first["num_classes"])
+        self.pixel_var = float(first["pixel_var"])
+        self.server = SplitServer(cfg, self.shape, self.num_classes, resolve_device(cfg.run.device))  # type: ignore[arg-type]
+        self.strategy = SplitLearningStrategy(
+            cfg.federated.fraction_train, cfg.federated.encoder_sync, self.server.classify,
+            cfg.cem.clusters_per_class, cfg.cem.kmeans_iters, cfg.run.seed,
+        )
+        self.global_encoder = ArrayRecord()
+        self.mixture: MixtureStats | None = None
+        self.client_states: dict[int, bytes] = {}
+        self.history: list[dict[str, Any]] = []
+        self.start_round = 1
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, next_round: int) -> None:
+        atomic_torch_save(
+            {
+                "config": self.cfg.to_flat(),
+                "round": next_round,
+                "server": self.server.state_dict(),
+                "global_encoder": {k: torch.from_numpy(v.numpy().copy()) for k, v in self.global_encoder.items()},
+                "mixture": self.mixture.state_dict() if self.mixture is not None else {},
+                "client_states": {pid: torch.frombuffer(bytearray(blob), dtype=torch.uint8) for pid, blob in self.client_states.items()},
+                "history": self.history,
+            },
+            self.run_dir.checkpoint_path,
+        )
+
+    def resume(self) -> None:
+        """Restore the last finished round and hand every client its saved state back."""
+        state = torch.load(self.run_dir.checkpoint_path, map_location="cpu", weights_only=True)
+        mine = {k: v for k, v in self.cfg.to_flat().items() if k != "run.resume"}
+        theirs = {k: v for k, v in state["config"].items() if k != "run.resume"}
+        if mine != theirs:
+            changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+            raise ValueError(f"{self.run_dir.root} holds a checkpoint of a different config (keys differ: {', '.join(changed)})")
+        self.server.load_state_dict(state["server"])
+        self.global_encoder = to_record(state["global_encoder"]) if state["global_encoder"] else ArrayRecord()
+        self.mixture = MixtureStats.from_state_dict(state["mixture"]) if state["mixture"] else None
+        self.client_states = {int(pid): bytes(t.numpy()) for pid, t in state["client_states"].items()}
+        self.history = list(state["history"])
+        self.start_round = int(state["round"])
+        by_partition = {int(i["partition_id"]): node for node, i in self.nodes.items()}
+        restores = [
+            Message(RecordDict({"state": ConfigRecord({"blob": blob})}), by_partition[pid], "query.restore")
+            for pid, blob in self.client_states.items()
+            if pid in by_partition
+        ]
+        self.exchange.gather(restores)
+        self.log(f"resumed {self.run_dir.root} after round {self.start_round - 1}")
+
+    # ------------------------------------------------------------------ one round
+    def refit_global_cem(self, server_round: int, sampled: list[int]) -> None:
+        """Federated k-means: local centres -> global centres -> exact merged statistics."""
+        previous = {"centres": to_record({"centres": self.mixture.centres})} if self.mixture is not None else {}
+        seed_cfg = ConfigRecord({"seed": self.cfg.run.seed + server_round})
+        replies = self.exchange.gather(
+            [Message(RecordDict({"config": seed_cfg, **previous}), n, "query.cem_centres") for n in sampled]
+        )
+        centres = self.strategy.combine_cem_centres(replies, server_round)
+        stats_replies = self.exchange.gather(
+            [Message(RecordDict({"centres": to_record({"centres": centres})}), n, "query.cem_stats") for n in sampled]
+        )
+        self.mixture = self.strategy.merge_cem_stats(stats_replies)
+
+    def train_round(self, server_round: int) -> tuple[list[Message], dict[str, float]]:
+        """Serve the sampled clients' batches until each is done, failed or timed out."""
+        cfg = self.cfg.federated
+        config = ConfigRecord(
+            {"round": server_round, "start": True, "first_epoch": (server_round - 1) * cfg.local_epochs, "epochs": cfg.local_epochs, "chunk": cfg.chunk}
+        )
+        messages = list(self.strategy.configure_train(server_round, self.global_encoder, config, self.grid))
+        if self.mixture is not None and self.cfg.cem.enabled and self.cfg.cem.federation == "global":
+            for msg in messages:
+                msg.content["mixture"] = to_record(self.mixture.state_dict())
+        self.exchange.send(messages)
+        active = {m.metadata.dst_node_id for m in messages}
+        done: list[Message] = []
+        served = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        while self.exchange.in_flight:
+            replies, late = self.exchange.receive()
+            active.difference_update(late)
+            for reply in replies:
+                node = reply.metadata.src_node_id
+                if reply.has_error():
+                    self.log(f"client on node {node} failed in round {server_round}: {reply.error.reason}; left out of this round")
+                    active.discard(node)
+                    continue
+                meta = reply.content["config"]
+                if meta["status"] == "done":
+                    done.append(reply)
+                    continue
+                data = from_record(reply.content["smashed"])
+                grads, metrics = self.server.serve(
+                    data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), int(meta["partition_id"]), server_round, list(meta["batches"])
+                )
+                for key in served:
+                    served[key] += metrics[key]
+                step = ConfigRecord({"round": server_round, "start": False, "chunk": cfg.chunk})
+                self.exchange.send([Message(RecordDict({"config": step, "grads": to_record({"grads": grads})}), node, "train.step", group_id=str(server_round))])
+        if len(done) < self.cfg.federated.min_clients:
+            raise TooFewClients(
+                f"round {server_round}: {len(done)} clients finished, federated.min-clients is {self.cfg.federated.min_clients}"
+            )
+        count = max(served["count"], 1.0)
+        return done, {"train_loss": served["loss_sum"] / count, "train_accuracy": served["correct"] / count}
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.run.resume and self.run_dir.checkpoint_path.is_file():
+            self.resume()
+        self.run_dir.write_config(cfg)
+        results: dict[str, Any] = {
+            "kind": "federated",
+            "config": cfg.to_flat(),
+            "commit": git_commit(),
+            "environment": environment(),
+            "clients": len(self.nodes),
+            "rounds": self.history,
+        }
+        board = Board(self.run_dir.tb_dir)
+        began = time.perf_counter()
+        try:
+            for server_round in range(self.start_round, cfg.federated.rounds + 1):
+                tick = time.perf_counter()
+                sampled = self.strategy.sample(server_round, sorted(self.nodes))
+                first_epoch = (server_round - 1) * cfg.federated.local_epochs
+                if cfg.cem.enabled and cfg.cem.federation == "global" and first_epoch % cfg.cem.refit_every < cfg.federated.local_epochs:
+                    self.refit_global_cem(server_round, sampled)
+                done, train_metrics = self.train_round(server_round)
+                encoder, client_metrics = self.strategy.aggregate_train(server_round, done)
+                if encoder is not None:
+                    self.global_encoder = encoder
+                for reply in done:
+                    self.client_states[int(reply.content["config"]["partition_id"])] = bytes(reply.content["state"]["blob"])
+                train_time = time.perf_counter() - tick
+                eval_config = ConfigRecord({"seed": cfg.run.seed})
+                evaluation = self.strategy.aggregate_evaluate(
+                    server_round, self.exchange.gather(self.strategy.configure_evaluate(server_round, self.global_encoder, eval_config, self.grid))
+                )
+                record = {
+                    "round": server_round,
+                    "train_time_s": train_time,
+                    "clients_trained": len(done),
+                    **train_metrics,
+                    "client": dict(client_metrics or {}),
+                    "test": dict(evaluation or {}),
+                    "cem": self.cem_summary(done),
+                }
+                self.history.append(record)
+                self.save(server_round + 1)
+                self.server.interceptor.save(self.run_dir.root / "intercept" / "intercept.pt")
+                self.run_dir.write_results(results)
+                self.log_round(board, record, server_round, began)
+        finally:
+            board.close()
+        results["final"] = self.summary()
+        self.run_dir.write_results(results)
+        return results
+
+    def cem_summary(self, done: list[Message]) -> dict[str, float]:
+        """Per-client bounds, their mean, and the bound of the merged (global) mixture."""
+        out: dict[str, float] = {}
+        per_client = {int(r.content["config"]["partition_id"]): dict(r.content["cem"]) for r in done}
+        for pid, report in sorted(per_client.items()):
+            out[f"client_{pid}_hxz_relative"] = float(report.get("hxz_relative", float("nan")))
+        if per_client:
+            keys = next(iter(per_client.values())).keys()
+            for key in keys:
+                out[f"mean_{key}"] = sum(float(r[key]) for r in per_client.values()) / len(per_client)
+        if self.mixture is not None:
+            total = int(self.mixture.counts.sum())
+            merged = ConditionalEntropy(self.cfg.cem, self.cfg.noise.sigma, self.num_classes, total)
+            merged.load_stats(self.mixture)
+            for key, value in merged.report(int(torch.tensor(self.shape).prod()), self.pixel_var).items():
+                out[f"global_{key}"] = value
+        return out
+
+    def log_round(self, board: Board, record: dict[str, Any], server_round: int, began: float) -> None:
+        board.scalars("train", {k: v for k, v in record.items() if isinstance(v, float)}, server_round)
+        for section in ("client", "test", "cem"):
+            board.scalars(section, record[section], server_round)
+        done = server_round - self.start_round + 1
+        total = self.cfg.federated.rounds - self.start_round + 1
+        self.log(
+            f"{eta_line(done, total, time.perf_counter() - began, 'round')} | loss {record['train_loss']:.3f} | "
+            f"test acc mean {record['test'].get('accuracy_mean', float('nan')):.3f} "
+            f"(std {record['test'].get('accuracy_std', float('nan')):.3f}, {record['clients_trained']} clients)"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        if not self.history:
+            return {}
+        last = self.history[-1]
+        summary = {
+            "rounds": last["round"],
+            "test_accuracy_mean": last["test"].get("accuracy_mean"),
+            "test_accuracy_std": last["test"].get("accuracy_std"),
+            "test_accuracy_min": last["test"].get("accuracy_min"),
+            "test_accuracy_max": last["test"].get("accuracy_max"),
+            "train_time_s": sum(r["train_time_s"] for r in self.history),
+            "cem": last["cem"],
+        }
+        self.log(
+            "summary: "
+            + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items() if k != "cem")
+            + f" | results in {self.run_dir.results_path}"
+        )
+        return summary
+

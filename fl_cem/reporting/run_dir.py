@@ -1,0 +1,140 @@
+"""A run's folder: config, results.json, checkpoints and TensorBoard logs in one place.
+
+Layout of ``<run.output-dir>/<run.name>/``::
+
+    config.toml        the flat config the run used (re-loadable with --config)
+    results.json       per-epoch/round metrics, final figures, attack results, commit, versions
+    checkpoint.pt      the latest finished epoch or round (weights_only loadable)
+    tb/                TensorBoard event files
+    intercept/         smashed data a curious server recorded (federated runs)
+    attacks/           reconstruction grids
+
+Every write goes to a temporary file first and is renamed into place, so an interrupted run
+never leaves a half-written results file or checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fl_cem.config import Config
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file (checkpoints survive a kill mid-write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_toml(cfg: Config) -> str:
+    """The flat config as TOML with quoted dotted keys (loadable by ``Config.load``)."""
+    lines = []
+    for key, value in cfg.to_flat().items():
+        lines.append(f'"{key}" = {json.dumps(value)}')
+    return "\n".join(lines) + "\n"
+
+
+def git_commit() -> str:
+    """The source commit, so every result can be traced to the code that made it."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict[str, str]:
+    """Machine and library versions recorded next to every result."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": str(os.cpu_count()),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+class RunDir:
+    """Paths and atomic writers for one run."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> "RunDir":
+        return cls(Path(cfg.run.output_dir) / cfg.run.name)
+
+    @property
+    def results_path(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.root / "tb"
+
+    def read_results(self) -> dict[str, Any]:
+        if not self.results_path.is_file():
+            return {}
+        return json.loads(self.results_path.read_text())
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        atomic_write_bytes(self.results_path, json.dumps(results, indent=2, sort_keys=False).encode())
+
+    def update_results(self, **sections: Any) -> dict[str, Any]:
+        """Merge top-level sections into results.json (other writers' sections are kept)."""
+        results = self.read_results()
+        results.update(sections)
+        self.write_results(results)
+        return results
+
+    def write_config(self, cfg: Config) -> None:
+        atomic_write_bytes(self.config_path, config_toml(cfg).encode())
+
+    def load_config(self) -> Config:
+        if not self.config_path.is_file():
+            raise FileNotFoundError(f"{self.root} is not a run folder: {self.config_path.name} is missing")
+        return Config.load(self.config_path)

@@ -1,0 +1,204 @@
+"""Centralized split training: client and server parts in one process, same step as federated.
+
+The loop reads top to bottom like nanoGPT's: build everything (failing fast on bad input),
+resume if a checkpoint exists, then per epoch: set the learning rate, run ``train_step`` over
+the batches, evaluate, measure the conditional-entropy bound, checkpoint and log.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+
+from fl_cem.config import Config
+from fl_cem.data import BatchLoader, DataSplits, load_splits
+from fl_cem.models.split import complexity
+from fl_cem.reporting.board import Board
+from fl_cem.reporting.progress import eta_line, progress
+from fl_cem.reporting.run_dir import RunDir, atomic_torch_save, environment, git_commit
+from fl_cem.training.setup import build_client, build_model, build_server, lr_at, resolve_device, set_lr
+from fl_cem.training.step import ClientParts, batch_seed, evaluate, smashed_features, train_step
+
+EpochHook = Callable[[int, dict[str, Any]], None]
+
+
+def eval_loader(data: Any, cfg: Config, device: torch.device) -> BatchLoader:
+    """Fixed-order, unaugmented batches for evaluation and feature passes."""
+    return BatchLoader(data, cfg.train.eval_batch_size, device, shuffle=False)
+
+
+def measure_cem(client: ClientParts, cfg: Config, splits: DataSplits, device: torch.device, refit: bool, seed: int) -> dict[str, float]:
+    """Refit the mixture on the whole training split (when asked) and report the bound.
+
+    With ``cem.lambda = 0`` this is pure measurement, done after the epoch so the training
+    step itself pays nothing; with ``lambda > 0`` the same refit is the next epoch's mixture
+    (Algorithm 1, lines 4-5), so it is computed once.
+    """
+    assert client.cem is not None
+    if refit:
+        feats, labels = smashed_features(client.encoder, client.defense, iter(eval_loader(splits.train, cfg, device)))
+        client.cem.refit(feats, labels, torch.Generator().manual_seed(seed))
+    return client.cem.report(math.prod(splits.shape), splits.pixel_var)
+
+
+def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg`` centrally; returns the results dict also written to ``results.json``.
+
+    Parameters
+    ----------
+    on_epoch_end
+        Called after each finished (checkpointed) epoch with its record; sweeps and tests use it.
+    """
+    device = resolve_device(cfg.run.device)
+    run = RunDir.for_config(cfg)
+    splits = load_splits(cfg.data, cfg.run.seed)
+    model = build_model(cfg, splits.shape, splits.num_classes, splits.mean, splits.std)
+    sizes = {"encoder": complexity(model.encoder, model.input_shape), "decoder": complexity(model.decoder, model.smashed_shape)}
+    client = build_client(cfg, model, splits.num_classes, len(splits.train), device)
+    server = build_server(cfg, model, device)
+    train_loader = BatchLoader(
+        splits.train, cfg.train.batch_size, device, shuffle=True, augment=cfg.data.augment, flip=splits.natural, seed=cfg.run.seed
+    )
+    history: list[dict[str, Any]] = []
+    start = 0
+    if cfg.run.resume and run.checkpoint_path.is_file():
+        start, history = load_checkpoint(run, cfg, client, server)
+        log(f"resuming {run.root} at epoch {start}/{cfg.train.epochs}")
+    run.write_config(cfg)
+    results: dict[str, Any] = {
+        "kind": "centralized",
+        "config": cfg.to_flat(),
+        "commit": git_commit(),
+        "environment": environment(),
+        "model": {part: {"params": c.params, "macs": c.macs} for part, c in sizes.items()},
+        "smashed_shape": list(model.smashed_shape),
+        "epochs": history,
+    }
+    assert client.cem is not None
+    if cfg.cem.enabled and not client.cem.fitted:
+        measure_cem(client, cfg, splits, device, refit=True, seed=cfg.run.seed)
+
+    board = Board(run.tb_dir)
+    began = time.perf_counter()
+    try:
+        for epoch in range(start, cfg.train.epochs):
+            lr = lr_at(cfg.train, epoch, cfg.train.epochs)
+            set_lr(client.optimizer, lr)
+            set_lr(server.optimizer, lr)
+            train_loader.set_epoch(epoch)
+            tick = time.perf_counter()
+            sums: dict[str, torch.Tensor] = {}
+            batches = progress(train_loader, f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(train_loader))
+            for i, (x, y) in enumerate(batches):
+                metrics = train_step(client, server, x, y, batch_seed(cfg.run.seed, epoch, i))
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0) + value.detach().double()
+            train_time = time.perf_counter() - tick
+            record = {"epoch": epoch + 1, "lr": lr, "train_time_s": train_time, **epoch_train_metrics(sums, len(train_loader))}
+            record["val"] = evaluate(client.encoder, client.defense, server.decoder, iter(eval_loader(splits.val, cfg, device)), cfg.noise.sigma, cfg.run.seed)
+            record["test"] = evaluate(client.encoder, client.defense, server.decoder, iter(eval_loader(splits.test, cfg, device)), cfg.noise.sigma, cfg.run.seed)
+            refit = not cfg.cem.enabled or (epoch + 1) % cfg.cem.refit_every == 0
+            record["cem"] = measure_cem(client, cfg, splits, device, refit, cfg.run.seed + epoch + 1)
+            history.append(record)
+            save_checkpoint(run, cfg, epoch + 1, client, server, history)
+            run.write_results(results)
+            log_epoch(board, record, client, splits, device)
+            log(
+                f"{eta_line(epoch + 1 - start, cfg.train.epochs - start, time.perf_counter() - began, 'epoch')} | "
+                f"loss {record['train_loss']:.3f} | val acc {record['val']['accuracy']:.3f} | "
+                f"test acc {record['test']['accuracy']:.3f} | H(x|z) rel {record['cem'].get('hxz_relative', float('nan')):.1f}"
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+    finally:
+        board.close()
+    results["final"] = final_summary(history)
+    run.write_results(results)
+    return results
+
+
+def epoch_train_metrics(sums: dict[str, torch.Tensor], batches: int) -> dict[str, float]:
+    """Epoch means from per-batch sums (one device sync per epoch, not per batch)."""
+    count = float(sums.pop("count", torch.tensor(1.0)).item())
+    out = {"train_loss": float(sums.pop("loss").item()) / batches, "train_accuracy": float(sums.pop("correct").item()) / count}
+    out.update({key: float(value.item()) / batches for key, value in sums.items()})
+    return out
+
+
+def final_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Last epoch's figures plus the test accuracy at the best validation epoch (model selection)."""
+    if not history:
+        return {}
+    best = max(history, key=lambda r: r["val"]["accuracy"])
+    last = history[-1]
+    return {
+        "epochs": last["epoch"],
+        "val_accuracy": last["val"]["accuracy"],
+        "test_accuracy": last["test"]["accuracy"],
+        "best_val_epoch": best["epoch"],
+        "test_accuracy_at_best_val": best["test"]["accuracy"],
+        "cem": last["cem"],
+        "train_time_s": sum(r["train_time_s"] for r in history),
+    }
+
+
+def log_epoch(board: Board, record: dict[str, Any], client: ClientParts, splits: DataSplits, device: torch.device) -> None:
+    """Scalars for every figure of the epoch and an image grid of inputs and smashed channels."""
+    step = record["epoch"]
+    board.scalars("train", {k: v for k, v in record.items() if isinstance(v, float)}, step)
+    for section in ("val", "test", "cem"):
+        board.scalars(section, record[section], step)
+    x = splits.test.images[:16].to(device).float() / 255
+    with torch.no_grad():
+        client.encoder.eval()
+        z = client.defense.transform(client.encoder(x))
+        client.encoder.train()
+    channel = z[:, :1]
+    channel = (channel - channel.amin()) / (channel.amax() - channel.amin() + 1e-8)
+    board.images("inputs", x, step)
+    board.images("smashed_channel0", channel, step)
+
+
+def save_checkpoint(run: RunDir, cfg: Config, next_epoch: int, client: ClientParts, server: Any, history: list[dict[str, Any]]) -> None:
+    """Everything needed to continue exactly: weights, optimizers, CEM statistics, RNG, history."""
+    assert client.cem is not None
+    atomic_torch_save(
+        {
+            "config": cfg.to_flat(),
+            "epoch": next_epoch,
+            "encoder": client.encoder.state_dict(),
+            "defense": client.defense.state_dict(),
+            "client_optimizer": client.optimizer.state_dict(),
+            "cem": client.cem.state_dict(),
+            "decoder": server.decoder.state_dict(),
+            "server_optimizer": server.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "history": history,
+        },
+        run.checkpoint_path,
+    )
+
+
+def load_checkpoint(run: RunDir, cfg: Config, client: ClientParts, server: Any) -> tuple[int, list[dict[str, Any]]]:
+    """Restore a checkpoint written by :func:`save_checkpoint`; refuses one from another config."""
+    state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
+    mine = {k: v for k, v in cfg.to_flat().items() if k != "run.resume"}
+    theirs = {k: v for k, v in state["config"].items() if k != "run.resume"}
+    if mine != theirs:
+        changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+        raise ValueError(
+            f"{run.root} holds a checkpoint of a different config (keys differ: {', '.join(changed)}); "
+            "choose another run.name or set run.resume = false to start over"
+        )
+    assert client.cem is not None
+    client.encoder.load_state_dict(state["encoder"])
+    client.defense.load_state_dict(state["defense"])
+    client.optimizer.load_state_dict(state["client_optimizer"])
+    client.cem.load_state_dict(state["cem"])
+    server.decoder.load_state_dict(state["decoder"])
+    server.optimizer.load_state_dict(state["server_optimizer"])
+    torch.set_rng_state(state["rng"])
+    return int(state["epoch"]), list(state["history"])

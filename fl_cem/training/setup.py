@@ -1,0 +1,68 @@
+"""Builds the client and server parts from a config: shared by centralized and federated runs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fl_cem.cem import ConditionalEntropy
+from fl_cem.config import Config, TrainConfig
+from fl_cem.defenses.base import Shapes
+from fl_cem.defenses.registry import get_defense
+from fl_cem.models.split import SplitModel, build_split_model
+from fl_cem.training.step import ClientParts, ServerParts
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"run.device = {name!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def build_model(
+    cfg: Config, input_shape: tuple[int, int, int], num_classes: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> SplitModel:
+    """The split model, initialised from ``run.seed`` so every party starts from the same weights."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.run.seed)
+        return build_split_model(cfg.model, input_shape, num_classes, mean, std)
+
+
+def sgd(params: list[nn.Parameter] | object, cfg: TrainConfig) -> torch.optim.SGD:
+    """The paper's optimizer (section 5.1): SGD, lr 0.05, momentum, weight decay."""
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)  # type: ignore[arg-type]
+
+
+def lr_at(cfg: TrainConfig, epoch: int, total_epochs: int) -> float:
+    """Learning rate for ``epoch`` (0-based) out of ``total_epochs``: a pure function, resume-safe."""
+    progress = epoch / total_epochs
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.schedule == "step":
+        return cfg.lr * (0.1 ** sum(progress >= m for m in (0.5, 0.75)))
+    return cfg.lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def build_client(cfg: Config, model: SplitModel, num_classes: int, dataset_size: int, device: torch.device) -> ClientParts:
+    """Encoder (possibly reshaped by the defense), defense, optimizer and CEM statistics."""
+    defense = get_defense(cfg.defense.name)(cfg, Shapes(model.input_shape, model.smashed_shape))
+    encoder = defense.wrap_encoder(model.encoder).to(device)
+    defense.to(device)
+    cem = ConditionalEntropy(cfg.cem, cfg.noise.sigma, num_classes, dataset_size)
+    return ClientParts(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, cem)
+
+
+def build_server(cfg: Config, model: SplitModel, device: torch.device) -> ServerParts:
+    """The shared decoder and its optimizer."""
+    decoder = model.decoder.to(device)
+    return ServerParts(decoder, sgd(decoder.parameters(), cfg.train))

@@ -1,0 +1,133 @@
+"""Round-level decisions of federated split learning, as a Flower ``Strategy``.
+
+Within a round the ServerApp serves smashed batches one message at a time (a ``Strategy``'s
+one-message-per-client round cannot express that); everything decided per round lives here:
+which clients train (``fraction-train``), what they start from (the SplitFed average encoder
+when ``encoder-sync = fedavg``, Thapa et al., AAAI 2022), how encoders, metrics and CEM
+statistics are aggregated, and how the per-client evaluation is summarised.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from torch import Tensor
+
+from fl_cem.cem import MixtureStats
+from fl_cem.cem.kmeans import combine_centres
+from fl_cem.federated.wire import from_record
+
+Classify = Callable[[Tensor, Tensor], dict[str, float]]
+
+
+class SplitLearningStrategy(Strategy):
+    """Client sampling, SplitFed encoder averaging, CEM statistics merging, evaluation summary.
+
+    Parameters
+    ----------
+    fraction_train
+        Share of connected clients sampled each round (at least one).
+    encoder_sync
+        ``local`` keeps each client's encoder; ``fedavg`` averages the round's encoders,
+        weighted by the clients' sample counts, and starts the next round from the average.
+    classify
+        The server's decoder applied to one client's smashed evaluation data (like Flower's
+        ``evaluate_fn``, but on features, since the server never holds images).
+    seed
+        Client sampling is drawn from its own generator so runs repeat exactly.
+    """
+
+    def __init__(self, fraction_train: float, encoder_sync: str, classify: Classify, clusters_per_class: int, kmeans_iters: int, seed: int) -> None:
+        self.fraction_train = fraction_train
+        self.encoder_sync = encoder_sync
+        self.classify = classify
+        self.clusters_per_class = clusters_per_class
+        self.kmeans_iters = kmeans_iters
+        self.seed = seed
+
+    def summary(self) -> None:
+        print(f"SplitLearningStrategy(fraction_train={self.fraction_train}, encoder_sync={self.encoder_sync})")
+
+    def sample(self, server_round: int, node_ids: list[int]) -> list[int]:
+        """A reproducible sample of ``ceil(fraction * n)`` nodes for this round."""
+        count = max(1, math.ceil(self.fraction_train * len(node_ids)))
+        order = torch.randperm(len(node_ids), generator=torch.Generator().manual_seed(self.seed * 1009 + server_round))
+        return sorted(node_ids[i] for i in order[:count].tolist())
+
+    # ------------------------------------------------------------------ train
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """First ``train.step`` message of the round for each sampled node."""
+        nodes = self.sample(server_round, sorted(grid.get_node_ids()))
+        content = {"config": config}
+        if self.encoder_sync == "fedavg" and len(arrays):
+            content["encoder"] = arrays
+        return [Message(RecordDict(dict(content)), node, "train.step", group_id=str(server_round)) for node in nodes]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """SplitFed average of the round's encoders (when syncing) and sample-weighted metrics."""
+        contents = [r.content for r in replies if r.has_content()]
+        if not contents:
+            return None, None
+        weights = [float(c["metrics"]["num_examples"]) for c in contents]
+        total = sum(weights)
+        metrics = MetricRecord()
+        for key in contents[0]["metrics"]:
+            if key != "num_examples":
+                metrics[key] = sum(float(c["metrics"][key]) * w for c, w in zip(contents, weights)) / total
+        metrics["num_examples"] = total
+        if self.encoder_sync != "fedavg":
+            return None, metrics
+        records = [RecordDict({"encoder": c["encoder"], "metrics": c["metrics"]}) for c in contents]
+        return aggregate_arrayrecords(records, "num_examples"), metrics
+
+    # ------------------------------------------------------------------ evaluate
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Every client smashes the test split: each encoder is scored with the shared decoder."""
+        return [Message(RecordDict({"config": config}), node, "evaluate.test", group_id=str(server_round)) for node in sorted(grid.get_node_ids())]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Per-client accuracy from the decoder, with mean, spread and extremes across clients."""
+        per_client: dict[int, dict[str, float]] = {}
+        for reply in replies:
+            if not reply.has_content():
+                continue
+            data = from_record(reply.content["smashed"])
+            per_client[int(reply.content["config"]["partition_id"])] = self.classify(data["z"], data["y"])
+        if not per_client:
+            return None
+        accuracy = torch.tensor([m["accuracy"] for m in per_client.values()], dtype=torch.float64)
+        metrics = MetricRecord(
+            {
+                "accuracy_mean": float(accuracy.mean()),
+                "accuracy_std": float(accuracy.std(unbiased=False)),
+                "accuracy_min": float(accuracy.min()),
+                "accuracy_max": float(accuracy.max()),
+                "loss_mean": sum(m["loss"] for m in per_client.values()) / len(per_client),
+                "clients": len(per_client),
+            }
+        )
+        for pid, m in sorted(per_client.items()):
+            metrics[f"accuracy_client_{pid}"] = m["accuracy"]
+        return metrics
+
+    # ------------------------------------------------------------------ CEM
+    def combine_cem_centres(self, replies: Iterable[Message], server_round: int) -> Tensor:
+        """Global initial centres from the clients' local k-means centres and counts."""
+        parts = [from_record(r.content["centres"]) for r in replies]
+        return combine_centres(
+            [p["centres"] for p in parts],
+            [p["counts"] for p in parts],
+            self.clusters_per_class,
+            self.kmeans_iters,
+            torch.Generator().manual_seed(self.seed + server_round),
+        )
+
+    def merge_cem_stats(self, replies: Iterable[Message]) -> MixtureStats:
+        """Exact global mixture statistics (moment matching) from the clients' local ones."""
+        return MixtureStats.merge([MixtureStats.from_state_dict(from_record(r.content["stats"])) for r in replies])

@@ -1,0 +1,89 @@
+"""The typed config: one set of defaults, strict keys and types, errors that name the key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fl_cem.cli import main
+from fl_cem.config import Config, flatten, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_declares_every_key_with_the_config_default() -> None:
+    # Prepare
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    # Execute
+    declared = flatten(pyproject["tool"]["flwr"]["app"]["config"])
+    # Assert
+    assert declared == Config.defaults_flat()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"cem.lamda": 1.0}, "unknown config key 'cem.lamda' (did you mean 'cem.lambda'?)"),
+        ({"train.lr": -1.0}, "train.lr must be > 0"),
+        ({"train.lr": "fast"}, "'train.lr' expects float"),
+        ({"train.epochs": 1.5}, "'train.epochs' expects int"),
+        ({"model.cut": 4}, "model.cut must be between 1 and 3 for vgg11"),
+        ({"defense.name": "magic"}, "defense.name 'magic' is not a registered defense"),
+        ({"attack.name": "oracle"}, "attack.name 'oracle' is not a registered attack"),
+        ({"cem.covariance": "banded"}, "cem.covariance must be one of full, diag, isotropic"),
+        ({"cem.lambda": 16.0, "noise.sigma": 0.0}, "needs noise.sigma > 0"),
+        ({"data.source": "imagefolder"}, "data.root must name an image folder"),
+        ({"run.device": "tpu"}, "run.device must be"),
+    ],
+)
+def test_bad_values_fail_with_a_message_naming_the_key(overrides: dict, message: str) -> None:
+    # Execute / Assert
+    with pytest.raises(ValueError) as err:
+        Config.from_flat(overrides)
+    assert message in str(err.value)
+
+
+def test_lambda_is_read_from_its_reserved_word_key() -> None:
+    # Execute
+    cfg = Config.from_flat({"cem.lambda": 16})
+    # Assert: an int in TOML is accepted for a float key
+    assert cfg.cem.lam == 16.0 and isinstance(cfg.cem.lam, float)
+    assert cfg.to_flat()["cem.lambda"] == 16.0
+
+
+def test_config_file_with_nested_tables_and_overrides(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "x.toml"
+    path.write_text('[cem]\nlambda = 8.0\n[train]\nepochs = 3\n"data.val-fraction" = 0.2\n')
+    # Execute
+    cfg = Config.load(path, {"train.epochs": 5})
+    # Assert
+    assert (cfg.cem.lam, cfg.train.epochs) == (8.0, 5)
+
+
+def test_parse_override_reads_toml_values_and_bare_strings() -> None:
+    assert parse_override("cem.lambda=16") == ("cem.lambda", 16)
+    assert parse_override("data.root=/tmp/x") == ("data.root", "/tmp/x")
+    assert parse_override("data.augment = false") == ("data.augment", False)
+    with pytest.raises(ValueError, match="key=value"):
+        parse_override("cem.lambda")
+
+
+def test_every_sim_config_loads() -> None:
+    paths = sorted((ROOT / "sim_configs").rglob("*.toml"))
+    assert paths
+    for path in paths:
+        if "sweeps" in path.parts:
+            continue
+        Config.load(path)
+
+
+def test_cli_reports_bad_config_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    code = main(["train", "--set", "model.cut=9", "--set", f"run.output-dir={tmp_path}"])
+    # Assert: exit code 2, message names the key, nothing was written
+    assert code == 2
+    assert "model.cut" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
