@@ -1,0 +1,167 @@
+"""Attack harness: which images the attacker learns from, which it is scored on, and one scored run.
+
+The paper reports leakage of training data and of inference data (Sec. 5.1, "Evaluation
+metrics"). Here both are measured on images the attacker never trained on, so a score is
+generalisation of the inversion, not memorisation:
+
+- ``train`` mode: the attacker learns from the training distribution (most of the training
+  split) and is scored on a held-out share of the training split (``attack.holdout``);
+- ``infer`` mode: it learns from one half of the test split and is scored on the other half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fl_cem.attacks.base import Attack, SmashFn
+from fl_cem.attacks.common import EpochCallback, Stream, as_images, map_batches, seeded
+from fl_cem.attacks.metrics import comparison_grid, mean_guess_mse, reconstruction_metrics
+from fl_cem.attacks.registry import get_attack
+from fl_cem.config import ATTACK_MODES, AttackConfig
+
+
+@dataclass(frozen=True)
+class AttackSplits:
+    """Index tensors into the named splits (``"train"`` or ``"test"``); ``aux`` and ``targets`` never overlap."""
+
+    aux_split: str
+    aux: Tensor
+    target_split: str
+    targets: Tensor
+
+
+def attack_splits(mode: str, n_train: int, n_test: int, seed: int, holdout: float = 0.1) -> AttackSplits:
+    """Seeded, disjoint auxiliary and target indices for an attack mode.
+
+    Parameters
+    ----------
+    mode : str
+        ``train``: auxiliary = the training split less a held-out share, targets = that share;
+        ``infer``: auxiliary = a random half of the test split, targets = the other half.
+    n_train, n_test : int
+        Sizes of the training and test splits.
+    seed : int
+        Seed of the permutation, so every attack on a run scores the same images.
+    holdout : float
+        ``train`` mode: share of the training split kept as targets (``attack.holdout``).
+
+    Returns
+    -------
+    AttackSplits
+        Sorted index tensors (CPU, int64).
+    """
+    if mode not in ATTACK_MODES:
+        raise ValueError(f"attack mode must be one of {', '.join(ATTACK_MODES)}; got {mode!r}")
+    generator = torch.Generator().manual_seed(seed)
+    if mode == "train":
+        split, size = "train", n_train
+        n_targets = max(1, round(holdout * size))
+    else:
+        split, size = "test", n_test
+        n_targets = size - size // 2
+    if size - n_targets < 1:
+        raise ValueError(f"the {split} split has {size} images: too few to leave any for the attacker")
+    order = torch.randperm(size, generator=generator)
+    return AttackSplits(split, order[n_targets:].sort().values, split, order[:n_targets].sort().values)
+
+
+def split_images(
+    mode: str, train_images: Tensor, test_images: Tensor, seed: int, holdout: float = 0.1
+) -> tuple[Tensor, Tensor]:
+    """The auxiliary and the target images of :func:`attack_splits`, indexed out of the two splits.
+
+    Returns
+    -------
+    tuple[Tensor, Tensor]
+        ``(aux_images, target_images)``, in the dtype and on the device of the inputs.
+    """
+    splits = attack_splits(mode, len(train_images), len(test_images), seed, holdout)
+    images = {"train": train_images, "test": test_images}
+    aux = images[splits.aux_split][splits.aux.to(images[splits.aux_split].device)]
+    targets = images[splits.target_split][splits.targets.to(images[splits.target_split].device)]
+    return aux, targets
+
+
+def make_attack(
+    cfg: AttackConfig,
+    smash: SmashFn,
+    input_shape: tuple[int, int, int],
+    smashed_shape: tuple[int, int, int],
+    device: torch.device,
+    seed: int = 0,
+) -> Attack:
+    """The attack ``cfg.name`` from the registry, built for the given shapes and device."""
+    return get_attack(cfg.name)(cfg, smash, input_shape, smashed_shape, device, seed)
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Scores of one attack run and a few reconstructions to look at."""
+
+    metrics: dict[str, float]
+    """On the targets: ``mse``, ``psnr``, ``ssim`` and ``mse_mean_guess`` (the no-information baseline)."""
+    fit_metrics: dict[str, float]
+    """The attack's final training metrics (empty for ``rmle``)."""
+    originals: Tensor
+    """The first targets (CPU, [0, 1])."""
+    reconstructions: Tensor
+    """Their reconstructions (CPU, [0, 1])."""
+
+    def grid(self, n: int = 8) -> Tensor:
+        """Originals above reconstructions, (3, H', W'), for TensorBoard's ``add_image`` or a PNG."""
+        return comparison_grid(self.originals, self.reconstructions, n)
+
+
+def run_attack(
+    attack: Attack,
+    aux_images: Tensor,
+    target_images: Tensor,
+    target_z: Tensor | None = None,
+    on_epoch: EpochCallback | None = None,
+    keep: int = 16,
+) -> AttackResult:
+    """Fit ``attack`` on the auxiliary images, reconstruct the targets and score the reconstructions.
+
+    Parameters
+    ----------
+    attack : Attack
+        A freshly built attack (see :func:`make_attack`).
+    aux_images : Tensor
+        The attacker's images (N, C, H, W), float in [0, 1] or uint8.
+    target_images : Tensor
+        The images whose leakage is measured; never in ``aux_images``.
+    target_z : Tensor, optional
+        Smashed data of ``target_images`` as recorded on the wire (federated path), row for row.
+        When omitted, the targets are smashed here with ``attack.smash``, noise included.
+    on_epoch : callable, optional
+        Passed to :meth:`Attack.fit` for progress bars and TensorBoard.
+    keep : int
+        How many targets and reconstructions to keep for grids.
+
+    Returns
+    -------
+    AttackResult
+        Metrics on all targets and the first ``keep`` image pairs.
+    """
+    device = attack.device
+    aux = as_images(aux_images, device)
+    targets = as_images(target_images, device)
+    if target_z is not None and len(target_z) != len(targets):
+        raise ValueError(f"target_z has {len(target_z)} rows but there are {len(targets)} target images")
+    fit_metrics = attack.fit(aux, on_epoch)
+    if target_z is None:
+        # the wire's noise on the targets, seeded apart from the attack's own draws
+        with seeded(attack.seed, Stream.WIRE, device):
+            target_z = map_batches(attack.smash, targets, attack.cfg.batch_size, device)
+    reconstructions = attack.invert(target_z)
+    metrics = reconstruction_metrics(reconstructions, targets)
+    metrics["mse_mean_guess"] = mean_guess_mse(aux, targets)
+    return AttackResult(
+        metrics=metrics,
+        fit_metrics=fit_metrics,
+        originals=targets[:keep].cpu(),
+        reconstructions=reconstructions[:keep].cpu(),
+    )
