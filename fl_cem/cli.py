@@ -37,6 +37,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from fl_cem.attacks.run import attack_run
+
+    overrides = dict(parse_override(item) for item in args.set)
+    for outcome in attack_run(args.run, args.attack, args.mode, args.client, overrides):
+        m = outcome["metrics"]
+        ratio = outcome["mse_bound_ratio"]
+        print(
+            f"{outcome['attack']} ({outcome['mode']}, {outcome['victim']}, {outcome['target_source']} targets): "
+            f"MSE {m['mse']:.5f} (mean guess {m['mse_mean_guess']:.5f}), PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}"
+            + (f", MSE / Thm-1 bound {ratio:.2f}" if ratio is not None else "")
+        )
+    print(f"appended to {args.run}/results.json")
+    return 0
+
+
 def cmd_defaults(args: argparse.Namespace) -> int:
     """Print every key with its default as the [tool.flwr.app.config] tables of pyproject.toml."""
     import json
@@ -66,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a split model centrally")
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
+    attack = sub.add_parser("attack", help="invert the smashed data of a finished run")
+    attack.add_argument("--run", required=True, help="run folder, e.g. runs/default")
+    attack.add_argument("--attack", default="decoder", help="decoder, gan or rmle")
+    attack.add_argument("--mode", default="train", choices=["train", "infer"])
+    attack.add_argument("--client", type=int, help="federated runs: attack this client only (default: each in turn)")
+    attack.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override attack keys, e.g. attack.epochs=5")
+    attack.set_defaults(func=cmd_attack)
     defaults = sub.add_parser("defaults", help="print all config keys with defaults (pyproject form)")
     defaults.set_defaults(func=cmd_defaults)
     defenses = sub.add_parser("defenses", help="list registered defenses")

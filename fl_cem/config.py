@@ -313,6 +313,7 @@ class AttackConfig:
 
 
 ENCODER_SYNC = ("local", "fedavg")
+SERVE_ORDERS = ("lockstep", "arrival")
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,9 @@ class FederatedConfig:
     """Batches per message; 1 is exact split learning, more trades exactness for speed."""
     client_timeout: float = 600.0
     """Seconds the server waits for a client reply before leaving it out of the round."""
+    order: str = "lockstep"
+    """``lockstep``: serve each step's replies in partition order (reproducible, resume-exact);
+    ``arrival``: serve each reply the moment it arrives (order, and so results, vary by timing)."""
 
     def __post_init__(self) -> None:
         _positive("federated.rounds", self.rounds)
@@ -340,6 +344,7 @@ class FederatedConfig:
         _one_of("federated.encoder-sync", self.encoder_sync, ENCODER_SYNC)
         _positive("federated.chunk", self.chunk)
         _positive("federated.client-timeout", self.client_timeout)
+        _one_of("federated.order", self.order, SERVE_ORDERS)
 
 
 @dataclass(frozen=True)

@@ -56,11 +56,11 @@ def test_lambda_is_read_from_its_reserved_word_key() -> None:
 def test_config_file_with_nested_tables_and_overrides(tmp_path: Path) -> None:
     # Prepare
     path = tmp_path / "x.toml"
-    path.write_text('[cem]\nlambda = 8.0\n[train]\nepochs = 3\n"data.val-fraction" = 0.2\n')
+    path.write_text('"data.val-fraction" = 0.2\n[cem]\nlambda = 8.0\n[train]\nepochs = 3\n')
     # Execute
     cfg = Config.load(path, {"train.epochs": 5})
     # Assert
-    assert (cfg.cem.lam, cfg.train.epochs) == (8.0, 5)
+    assert (cfg.cem.lam, cfg.train.epochs, cfg.data.val_fraction) == (8.0, 5, 0.2)
 
 
 def test_parse_override_reads_toml_values_and_bare_strings() -> None:

@@ -160,13 +160,25 @@ class SplitClient:
 
     def features(self) -> tuple[Tensor, Tensor]:
         """Noise-free features of the whole local partition (CEM refits)."""
-        data = self.splits.train.subset(self.loader.indices)
+        data = self.splits.train.subset(self.loader.indices.cpu())
         loader = BatchLoader(data, self.cfg.train.eval_batch_size, self.device, shuffle=False)
         return smashed_features(self.parts.encoder, self.parts.defense, iter(loader))
 
+    def fittable_features(self) -> tuple[Tensor, Tensor]:
+        """Local features of the classes this client holds at least ``k`` samples of.
+
+        A label-skewed client can hold a class too thinly for ``k`` clusters; centrally that
+        is a configuration error, here it is normal, so such classes are left to the other
+        clients (their clusters get pi = 0 locally) instead of failing the client.
+        """
+        z, y = self.features()
+        counts = torch.bincount(y, minlength=self.splits.num_classes)
+        keep = counts[y] >= self.cfg.cem.clusters_per_class
+        return z[keep], y[keep]
+
     def local_centres(self, global_centres: Tensor | None, seed: int) -> tuple[Tensor, Tensor]:
         """Local k-means centres and their counts, for the server's global initial centres."""
-        z, y = self.features()
+        z, y = self.fittable_features()
         warm = None
         if global_centres is not None:
             warm = torch.ones(self.splits.num_classes, dtype=torch.bool)
@@ -199,7 +211,7 @@ class SplitClient:
     def cem_report(self, seed: int) -> dict[str, float]:
         """Local bound; with lambda = 0 the mixture is fitted here, for measurement only."""
         if not self.cfg.cem.enabled or not self.cem.fitted:
-            z, y = self.features()
+            z, y = self.fittable_features()
             self.cem.refit(z, y, torch.Generator().manual_seed(seed))
         return self.cem.report(math.prod(self.splits.shape), self.splits.pixel_var)
 
@@ -259,7 +271,7 @@ class SplitClient:
         """Local CEM refit at the start of an epoch (Algorithm 1, lines 4-5), as centralized does."""
         cfg = self.cfg.cem
         if cfg.enabled and cfg.federation == "local" and epoch % cfg.refit_every == 0:
-            z, y = self.features()
+            z, y = self.fittable_features()
             self.cem.refit(z, y, torch.Generator().manual_seed(self.cfg.run.seed + epoch))
 
     def round_metrics(self) -> dict[str, float]:

@@ -10,6 +10,13 @@ syncing encoders), evaluate every client's encoder with the shared decoder, chec
 Push/pull is done here rather than with ``grid.send_and_receive``: that call waits for all
 replies and sleeps between pulls, while split learning needs to answer each client as soon as
 its batch arrives (see docs/ARCHITECTURE.md for measured costs).
+
+Serving order (``federated.order``): with ``lockstep`` the server waits until every active
+client's next chunk has arrived and serves them in partition order; clients still compute
+concurrently (each gets its gradient as soon as its chunk is served), but the sequence of
+decoder steps no longer depends on timing, so runs repeat exactly and a resumed run ends where
+an uninterrupted one does. ``arrival`` serves each chunk the moment it arrives: no waiting on
+the slowest client, at the price of timing-dependent results.
 """
 
 from __future__ import annotations
@@ -198,12 +205,18 @@ class FederatedRun:
                 msg.content["mixture"] = to_record(self.mixture.state_dict())
         self.exchange.send(messages)
         active = {m.metadata.dst_node_id for m in messages}
+        waiting: dict[int, Message] = {}
         done: list[Message] = []
         served = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-        while self.exchange.in_flight:
+        while active:
             replies, late = self.exchange.receive()
             active.difference_update(late)
-            for reply in replies:
+            waiting.update((r.metadata.src_node_id, r) for r in replies)
+            if cfg.order == "lockstep" and not active <= waiting.keys():
+                continue
+            ready = sorted(waiting.values(), key=lambda r: self.nodes[r.metadata.src_node_id]["partition_id"])
+            waiting.clear()
+            for reply in ready:
                 node = reply.metadata.src_node_id
                 if reply.has_error():
                     self.log(f"client on node {node} failed in round {server_round}: {reply.error.reason}; left out of this round")
@@ -212,6 +225,7 @@ class FederatedRun:
                 meta = reply.content["config"]
                 if meta["status"] == "done":
                     done.append(reply)
+                    active.discard(node)
                     continue
                 data = from_record(reply.content["smashed"])
                 grads, metrics = self.server.serve(

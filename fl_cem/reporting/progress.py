@@ -21,3 +21,9 @@ def eta_line(done: int, total: int, elapsed: float, what: str) -> str:
     """One log line with progress and estimated time left, for logs that are not terminals."""
     left = elapsed / max(done, 1) * (total - done)
     return f"{what} {done}/{total} | elapsed {elapsed:.0f}s | ETA {left:.0f}s"
+
+
+def progress_bar(total: int, desc: str) -> tqdm:
+    """A manual bar (``bar.update(1)``) for work reported by callbacks, such as attack epochs."""
+    enabled = sys.stderr.isatty() or os.environ.get("FL_CEM_PROGRESS") == "1"
+    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,180 @@
+"""Attack a finished run: ``fl-cem attack --run runs/<name> --attack decoder --mode train``.
+
+The victim is the client encoder of the run (white-box, Sec. 3.1): the centralized model, or a
+federated client's final encoder. Targets are
+
+- ``train`` mode of a federated run with a recording: the smashed data the curious server
+  actually received in the last round (``intercept/intercept.pt``), scored against the images
+  the client sent, which are found by replaying the client's deterministic data order; the
+  attacker learns from the rest of the training split;
+- otherwise: held-out images (see :func:`fl_cem.attacks.evaluate.attack_splits`), smashed
+  with the victim's encoder and noise.
+
+The recording spans the last round, during which the encoder kept training, while the attacker
+holds only the final weights: that mismatch works in the victim's favour and is reported as
+``target_source = "wire"`` so it is not mistaken for the ``smashed`` setting.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fl_cem.attacks.evaluate import attack_splits, make_attack, run_attack
+from fl_cem.attacks.metrics import mse_bound_ratio, save_comparison
+from fl_cem.config import Config
+from fl_cem.data import load_splits
+from fl_cem.defenses.base import Defense
+from fl_cem.federated.client_logic import SplitClient
+from fl_cem.federated.wire import from_bytes
+from fl_cem.reporting.board import Board
+from fl_cem.reporting.progress import progress_bar
+from fl_cem.reporting.run_dir import RunDir
+from fl_cem.training.setup import build_client, build_model, resolve_device
+
+
+@dataclass
+class Victim:
+    """A client encoder as the white-box attacker sees it."""
+
+    name: str
+    encoder: nn.Module
+    defense: Defense
+    client: SplitClient | None
+
+    def smash(self, sigma: float) -> Any:
+        """The client's smashing function with fresh noise per call (the attacker knows its law)."""
+        self.encoder.eval().requires_grad_(False)
+        self.defense.eval().requires_grad_(False)
+
+        def smash(x: Tensor) -> Tensor:
+            z_hat = self.defense.transform(self.encoder(x))
+            return z_hat + sigma * torch.randn_like(z_hat) if sigma > 0 else z_hat
+
+        return smash
+
+
+def load_victims(run: RunDir, cfg: Config, client: int | None, device: torch.device) -> list[Victim]:
+    """The encoders to attack: the centralized one, or federated clients (one, or each in turn)."""
+    if not run.checkpoint_path.is_file():
+        raise FileNotFoundError(f"{run.root} has no {run.checkpoint_path.name}: train the run before attacking it")
+    state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
+    if "client_states" not in state:
+        if client is not None:
+            raise ValueError(f"{run.root} is a centralized run; --client applies to federated runs only")
+        splits = load_splits(cfg.data, cfg.run.seed)
+        parts = build_client(cfg, build_model(cfg, splits.shape, splits.num_classes, splits.mean, splits.std), splits.num_classes, len(splits.train), device)
+        parts.encoder.load_state_dict(state["encoder"])
+        parts.defense.load_state_dict(state["defense"])
+        return [Victim("centralized", parts.encoder, parts.defense, None)]
+    clients = sorted(int(pid) for pid in state["client_states"])
+    if client is not None and client not in clients:
+        raise ValueError(f"{run.root} has no state for client {client}; it holds clients {clients}")
+    count = RunDir(run.root).read_results().get("clients", len(clients))
+    victims = []
+    for pid in [client] if client is not None else clients:
+        saved = from_bytes(bytes(state["client_states"][pid].numpy()))
+        split_client = SplitClient(cfg, pid, int(count), device, saved)
+        victims.append(Victim(f"client {pid}", split_client.parts.encoder, split_client.parts.defense, split_client))
+    return victims
+
+
+def wire_targets(run: RunDir, victim: Victim) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Recorded smashed data of the victim's last round, the images it came from, their indices."""
+    path = run.root / "intercept" / "intercept.pt"
+    if victim.client is None or not path.is_file():
+        return None
+    record = torch.load(path, map_location="cpu", weights_only=True)
+    meta = record["meta"]
+    if not len(meta):
+        return None
+    fields = {name: i for i, name in enumerate(record["fields"])}
+    mine = meta[:, fields["client"]] == victim.client.partition_id
+    if not bool(mine.any()):
+        return None
+    last = meta[mine, fields["round"]].max()
+    rows = torch.nonzero(mine & (meta[:, fields["round"]] == last)).flatten()
+    loader = victim.client.loader
+    images, indices = [], []
+    for row in rows.tolist():
+        epoch, batch, position = (int(meta[row, fields[k]]) for k in ("epoch", "batch", "position"))
+        loader.set_epoch(epoch)
+        images.append(loader.batch(batch)[0][position].cpu())
+        indices.append(int(loader.batch_indices(batch)[position]))
+    return record["z"][rows], torch.stack(images), torch.tensor(indices)
+
+
+def attack_run(run_path: str, attack: str, mode: str, client: int | None = None, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Attack every victim of a run, append the results to its results.json, return them."""
+    run = RunDir(run_path)
+    if not run.results_path.is_file():
+        raise FileNotFoundError(f"{run.root} has no results.json: not a finished fl-cem run")
+    cfg = run.load_config().replace(**{"attack.name": attack, "attack.mode": mode, **(overrides or {})})
+    device = resolve_device(cfg.run.device)
+    splits = load_splits(cfg.data, cfg.run.seed)
+    train_images = splits.train.images.float() / 255
+    test_images = splits.test.images.float() / 255
+    bound = lower_bound(run.read_results())
+    board = Board(run.tb_dir)
+    outcomes = []
+    try:
+        for victim in load_victims(run, cfg, client, device):
+            tick = time.perf_counter()
+            wire = wire_targets(run, victim) if mode == "train" else None
+            if wire is not None:
+                target_z, targets, used = wire
+                keep = torch.ones(len(train_images), dtype=torch.bool)
+                keep[used] = False
+                aux, source = train_images[keep], "wire"
+            else:
+                split = attack_splits(mode, len(train_images), len(test_images), cfg.run.seed, cfg.attack.holdout)
+                pool = {"train": train_images, "test": test_images}
+                aux, targets, target_z, source = pool[split.aux_split][split.aux], pool[split.target_split][split.targets], None, "smashed"
+            model = make_attack(cfg.attack, victim.smash(cfg.noise.sigma), splits.shape, tuple(victim_shape(victim, splits.shape)), device, cfg.run.seed)
+            epochs = getattr(model, "epochs", 0)
+            with progress_bar(total=epochs, desc=f"{attack} {mode} {victim.name}") as bar:
+                result = run_attack(model, aux, targets, target_z, on_epoch=lambda epoch, metrics: bar.update(1))
+            tag = f"{attack}_{mode}" + (f"_client{victim.client.partition_id}" if victim.client else "")
+            grid = save_comparison(run.root / "attacks" / f"{tag}.png", result.originals, result.reconstructions)
+            board.images(f"attack/{tag}", torch.cat([result.originals[:8], result.reconstructions[:8]]), 0)
+            outcome = {
+                "attack": attack,
+                "mode": mode,
+                "victim": victim.name,
+                "target_source": source,
+                "targets": len(targets),
+                "aux": len(aux),
+                "epochs": epochs,
+                "metrics": result.metrics,
+                "fit": result.fit_metrics,
+                "mse_lower_bound": bound,
+                "mse_bound_ratio": mse_bound_ratio(result.metrics["mse"], bound) if bound is not None else None,
+                "time_s": time.perf_counter() - tick,
+                "grid": str(grid),
+            }
+            outcomes.append(outcome)
+            results = run.read_results()
+            results.setdefault("attacks", []).append(outcome)
+            run.write_results(results)
+    finally:
+        board.close()
+    return outcomes
+
+
+def victim_shape(victim: Victim, input_shape: tuple[int, int, int]) -> tuple[int, ...]:
+    """Shape of the smashed data the victim sends (without the batch dimension)."""
+    with torch.no_grad():
+        device = next(victim.encoder.parameters()).device
+        return tuple(victim.defense.transform(victim.encoder.eval()(torch.zeros(1, *input_shape, device=device))).shape[1:])
+
+
+def lower_bound(results: dict[str, Any]) -> float | None:
+    """Theorem 1's MSE lower bound of the run's last epoch/round, when it was measured."""
+    cem = results.get("final", {}).get("cem", {})
+    value = cem.get("mse_lower_bound", cem.get("mean_mse_lower_bound"))
+    return float(value) if value is not None and math.isfinite(float(value)) else None

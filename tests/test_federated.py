@@ -1,0 +1,147 @@
+"""Federated split learning on Flower: same numbers as centralized, exact CEM merge, faults, resume."""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import pytest
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+
+from fl_cem.cem import MixtureStats
+from fl_cem.config import Config
+from fl_cem.federated.client_logic import SplitClient
+from fl_cem.federated.wire import from_bytes
+from fl_cem.reporting.run_dir import RunDir
+from fl_cem.training.centralized import train_centralized
+
+from .conftest import simulate
+
+
+def federated_weights(run: RunDir, partition: int = 0) -> dict[str, torch.Tensor]:
+    state = torch.load(run.checkpoint_path, weights_only=True)
+    client = from_bytes(bytes(state["client_states"][partition].numpy()))
+    return {**{f"e.{k}": v for k, v in client["encoder"].items()}, **{f"d.{k}": v for k, v in state["server"]["decoder"].items()}}
+
+
+def centralized_weights(run: RunDir) -> dict[str, torch.Tensor]:
+    state = torch.load(run.checkpoint_path, weights_only=True)
+    return {**{f"e.{k}": v for k, v in state["encoder"].items()}, **{f"d.{k}": v for k, v in state["decoder"].items()}}
+
+
+def test_two_clients_train_and_report_per_client_accuracy(tiny: Callable[..., Config]) -> None:
+    # Prepare
+    cfg = tiny(**{"run.name": "fed2", "partition.num-partitions": 2, "federated.rounds": 3, "cem.lambda": 0.01, "cem.federation": "global"})
+    # Execute
+    simulate(cfg, num_clients=2)
+    # Assert
+    results = json.loads(RunDir.for_config(cfg).results_path.read_text())
+    rounds = results["rounds"]
+    assert results["kind"] == "federated" and len(rounds) == 3
+    assert rounds[-1]["train_loss"] < rounds[0]["train_loss"]
+    test = rounds[-1]["test"]
+    assert {"accuracy_client_0", "accuracy_client_1", "accuracy_mean", "accuracy_std"} <= set(test)
+    assert 0 <= test["accuracy_min"] <= test["accuracy_mean"] <= test["accuracy_max"] <= 1
+    cem = results["rounds"][-1]["cem"]
+    assert "client_0_hxz_relative" in cem and "global_hxz_relative" in cem
+    intercepted = torch.load(RunDir.for_config(cfg).root / "intercept" / "intercept.pt", weights_only=True)
+    assert 0 < len(intercepted["z"]) <= cfg.attack.intercept_max
+    assert set(intercepted["meta"][:, 0].tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.01])
+def test_one_client_equals_centralized_training(tiny: Callable[..., Config], lam: float) -> None:
+    # Prepare: one client holding all data, exact chunk, CEM fitted locally as centralized does
+    common = {"partition.num-partitions": 1, "federated.chunk": 1, "federated.rounds": 2, "train.epochs": 2, "cem.lambda": lam, "cem.federation": "local"}
+    fed = tiny(**common, **{"run.name": "fed"})
+    cen = tiny(**common, **{"run.name": "cen"})
+    # Execute
+    simulate(fed, num_clients=1)
+    train_centralized(cen, log=lambda _: None)
+    # Assert: identical up to float reassociation (observed: bit-identical)
+    a, b = federated_weights(RunDir.for_config(fed)), centralized_weights(RunDir.for_config(cen))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key].double(), b[key].double(), rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_merged_client_statistics_equal_statistics_of_the_union(tiny: Callable[..., Config]) -> None:
+    # Prepare
+    cfg = tiny(**{"partition.num-partitions": 3, "partition.partitioner": "dirichlet"})
+    clients = [SplitClient(cfg, pid, 3, torch.device("cpu"), None) for pid in range(3)]
+    features = [c.features() for c in clients]
+    z = torch.cat([f[0] for f in features]).flatten(1)
+    y = torch.cat([f[1] for f in features])
+    centres, _ = clients[0].local_centres(None, seed=0)
+    # Execute
+    merged = MixtureStats.merge([c.local_stats(centres) for c in clients])
+    union = MixtureStats.compute(z, y, centres, cfg.cem.clusters_per_class, cfg.cem.covariance)
+    # Assert
+    assert torch.equal(merged.counts, union.counts)
+    torch.testing.assert_close(merged.sums, union.sums, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(merged.moments, union.moments, rtol=1e-5, atol=1e-5)
+
+
+def fail_partition(partition: int, round_: str) -> Callable[[Message, Context, ClientAppCallable], Message]:
+    """A Flower Mod that makes one client raise mid-round: on its second training message of a round.
+
+    The trigger is read from the message itself (not from a counter): a raising ClientApp's
+    context changes are not kept, and the mod runs in whichever Ray actor serves the node.
+    """
+
+    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if (
+            message.metadata.message_type == "train.step"
+            and message.metadata.group_id == round_
+            and int(context.node_config["partition-id"]) == partition
+            and not message.content["config"]["start"]
+        ):
+            raise RuntimeError("injected client failure")
+        return call_next(message, context)
+
+    return mod
+
+
+def test_a_failing_client_is_left_out_and_the_run_continues(tiny: Callable[..., Config]) -> None:
+    # Prepare
+    cfg = tiny(**{"run.name": "faulty", "partition.num-partitions": 3, "federated.rounds": 2})
+    # Execute
+    simulate(cfg, num_clients=3, mods=[fail_partition(partition=1, round_="1")])
+    # Assert: round 1 finishes with the two healthy clients, round 2 with all three
+    rounds = json.loads(RunDir.for_config(cfg).results_path.read_text())["rounds"]
+    assert [r["clients_trained"] for r in rounds] == [2, 3]
+
+
+def test_run_fails_clearly_when_too_few_clients_remain(tiny: Callable[..., Config]) -> None:
+    # Prepare
+    cfg = tiny(**{"run.name": "toofew", "partition.num-partitions": 2, "federated.min-clients": 2, "federated.rounds": 1})
+    # Execute / Assert
+    with pytest.raises(Exception, match="min-clients"):
+        simulate(cfg, num_clients=2, mods=[fail_partition(partition=0, round_="1")])
+
+
+def test_killed_run_resumes_to_the_same_result(tiny: Callable[..., Config]) -> None:
+    # Prepare: the broken run loses every client in round 2, after round 1 was checkpointed
+    common = {"partition.num-partitions": 2, "federated.rounds": 2, "federated.min-clients": 1, "cem.lambda": 0.01, "cem.federation": "global"}
+    straight = tiny(**common, **{"run.name": "straight"})
+    broken = tiny(**common, **{"run.name": "broken"})
+
+    def all_fail_in_round_two(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if message.metadata.message_type == "train.step" and message.metadata.group_id == "2":
+            raise RuntimeError("killed")
+        return call_next(message, context)
+
+    # Execute
+    simulate(straight, num_clients=2)
+    with pytest.raises(Exception, match="min-clients"):
+        simulate(broken, num_clients=2, mods=[all_fail_in_round_two])
+    simulate(broken, num_clients=2)
+    # Assert
+    a, b = federated_weights(RunDir.for_config(straight), 1), federated_weights(RunDir.for_config(broken), 1)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    ra = json.loads(RunDir.for_config(straight).results_path.read_text())["final"]
+    rb = json.loads(RunDir.for_config(broken).results_path.read_text())["final"]
+    assert ra["test_accuracy_mean"] == rb["test_accuracy_mean"]
