@@ -184,14 +184,21 @@ class FederatedRun:
         """Federated k-means: local centres -> global centres -> exact merged statistics."""
         previous = {"centres": to_record({"centres": self.mixture.centres})} if self.mixture is not None else {}
         seed_cfg = ConfigRecord({"seed": self.cfg.run.seed + server_round})
-        replies = self.exchange.gather(
+        replies = self.gather_sorted(
             [Message(RecordDict({"config": seed_cfg, **previous}), n, "query.cem_centres") for n in sampled]
         )
         centres = self.strategy.combine_cem_centres(replies, server_round)
-        stats_replies = self.exchange.gather(
+        stats_replies = self.gather_sorted(
             [Message(RecordDict({"centres": to_record({"centres": centres})}), n, "query.cem_stats") for n in sampled]
         )
         self.mixture = self.strategy.merge_cem_stats(stats_replies)
+
+    def by_partition(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies in partition order: aggregates must not depend on which client answered first."""
+        return sorted(replies, key=lambda r: int(self.nodes[r.metadata.src_node_id]["partition_id"]))
+
+    def gather_sorted(self, messages: Iterable[Message]) -> list[Message]:
+        return self.by_partition(self.exchange.gather(messages))
 
     def train_round(self, server_round: int) -> tuple[list[Message], dict[str, float]]:
         """Serve the sampled clients' batches until each is done, failed or timed out."""
@@ -235,6 +242,7 @@ class FederatedRun:
                     served[key] += metrics[key]
                 step = ConfigRecord({"round": server_round, "start": False, "chunk": cfg.chunk})
                 self.exchange.send([Message(RecordDict({"config": step, "grads": to_record({"grads": grads})}), node, "train.step", group_id=str(server_round))])
+        done = self.by_partition(done)
         if len(done) < self.cfg.federated.min_clients:
             raise TooFewClients(
                 f"round {server_round}: {len(done)} clients finished, federated.min-clients is {self.cfg.federated.min_clients}"
@@ -273,7 +281,7 @@ class FederatedRun:
                 train_time = time.perf_counter() - tick
                 eval_config = ConfigRecord({"seed": cfg.run.seed})
                 evaluation = self.strategy.aggregate_evaluate(
-                    server_round, self.exchange.gather(self.strategy.configure_evaluate(server_round, self.global_encoder, eval_config, self.grid))
+                    server_round, self.gather_sorted(self.strategy.configure_evaluate(server_round, self.global_encoder, eval_config, self.grid))
                 )
                 record = {
                     "round": server_round,

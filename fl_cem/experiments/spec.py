@@ -1,0 +1,329 @@
+"""Sweep descriptions: one TOML file that expands into named cells, one training run each.
+
+A sweep is the grid behind a results table: defenses with and without CEM, lambda, sigma,
+seeds, run centrally and federated (paper Table 1, Fig. 3, Fig. 4). Layout::
+
+    execution = ["centralized", { kind = "federated", clients = 4, "cem.federation" = ["local", "global"] }]
+    attacks = [{ attack = "decoder", "attack.epochs" = 2 }, { attack = "gan", mode = "train" }]
+    exclude = [{ defense = "none", "cem.lambda" = 16.0 }]
+
+    [sweep]                      # optional
+    name = "cpu_smoke"           # default: the file's stem; cells run in <output-dir>/<name>/<cell>/
+    output-dir = "runs"
+
+    [base]                       # config keys of every cell: dotted keys or nested tables
+    "data.source" = "digits"
+
+    [grid]                       # the Cartesian product of these axes, in this order
+    "cem.lambda" = [0.0, 16.0]   # a config key with its values
+    defense = [                  # or a named axis of labelled bundles of keys set together
+      { label = "bottleneck", "defense.name" = "bottleneck" },
+      { label = "none", "defense.name" = "none", "model.bottleneck" = 0, "noise.sigma" = 0.0 },
+    ]
+    "run.seed" = [0, 1]
+
+Top-level arrays must come before the first ``[table]`` (TOML puts later keys inside that
+table); ``[[execution]]``, ``[[attacks]]`` and ``[[exclude]]`` tables work anywhere.
+
+- ``execution``: ``"centralized"``, ``"federated"``, or tables with ``kind``, optional ``label``,
+  ``clients`` (default ``partition.num-partitions``), ``client-cpus`` (Ray CPUs per simulated
+  client, default 1) and config keys; a list value there expands the entry (one execution per
+  value, e.g. federated ``local`` against ``global`` CEM statistics). Default: centralized.
+- ``attacks``: tables with ``attack``, optional ``mode`` (a string or a list; default both
+  ``train`` and ``infer``, Sec. 5.1 "Threat model") and ``attack.*`` overrides. Default: decoder
+  and GAN, train and infer (the four MSE columns of Table 1).
+- ``exclude``: tables of ``key = value`` (config keys, or axis names matched on labels); a cell
+  matching every entry of one table is left out.
+
+Values are only validated when a cell builds its config, so one bad value fails that cell,
+not the sweep; unknown keys fail at load.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fl_cem.config import ATTACK_MODES, Config, Scalar, flatten
+
+EXECUTION_KINDS = ("centralized", "federated")
+DEFAULT_ATTACKS = ("decoder", "gan")
+# Keys the runner sets per cell; a sweep may not set them.
+RESERVED_KEYS = ("run.name", "run.output-dir")
+SEED_KEY = "run.seed"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where a cell trains: centrally, or as a Flower simulation with ``clients`` supernodes."""
+
+    kind: str
+    label: str
+    clients: int | None = None
+    client_cpus: float = 1.0
+    overrides: dict[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One inversion attack to run on every cell: attack name, attacker's data, config overrides."""
+
+    attack: str
+    mode: str
+    overrides: dict[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One grid axis: a name and its values, each a label (for cell names) and the keys it sets."""
+
+    name: str
+    values: tuple[tuple[str, dict[str, Scalar]], ...]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the sweep, with a name that is stable across re-runs."""
+
+    name: str
+    execution: Execution
+    labels: dict[str, str]
+    overrides: dict[str, Scalar]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "execution": self.execution.label,
+            "kind": self.execution.kind,
+            "clients": self.execution.clients,
+            "client_cpus": self.execution.client_cpus,
+            "labels": self.labels,
+            "overrides": self.overrides,
+        }
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep file; :meth:`cells` expands it."""
+
+    name: str
+    output_dir: Path
+    base: dict[str, Scalar]
+    axes: tuple[Axis, ...]
+    executions: tuple[Execution, ...]
+    attacks: tuple[AttackSpec, ...]
+    exclude: tuple[dict[str, Scalar], ...] = ()
+    source: str = ""
+
+    @property
+    def root(self) -> Path:
+        """The sweep's folder: one sub-folder per cell, the manifest and the report."""
+        return self.output_dir / self.name
+
+    def cells(self) -> list[Cell]:
+        """Every (execution, grid point) that no ``exclude`` entry removes, in file order."""
+        cells = []
+        defaults = Config.defaults_flat()
+        for execution in self.executions:
+            for point in itertools.product(*(axis.values for axis in self.axes)):
+                labels = {axis.name: label for axis, (label, _) in zip(self.axes, point)}
+                overrides = {**self.base, **execution.overrides}
+                for _, keys in point:
+                    overrides.update(keys)
+                if any(_matches(rule, labels, overrides, defaults) for rule in self.exclude):
+                    continue
+                name = f"{execution.label}__{'_'.join(labels.values())}" if labels else execution.label
+                cells.append(Cell(_safe(name), execution, labels, overrides))
+        names = [cell.name for cell in cells]
+        clashes = sorted({name for name in names if names.count(name) > 1})
+        if clashes:
+            raise ValueError(f"sweep {self.name}: cells share the names {clashes}; give the axes or executions distinct labels")
+        return cells
+
+    def manifest(self) -> dict[str, Any]:
+        """What ``fl-cem report`` reads: executions, attacks and every cell with its labels and keys."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "axes": [axis.name for axis in self.axes],
+            "executions": [execution.label for execution in self.executions],
+            "attacks": [{"attack": a.attack, "mode": a.mode, "overrides": a.overrides} for a in self.attacks],
+            "cells": [cell.to_json() for cell in self.cells()],
+        }
+
+
+def load_sweep(path: str | Path, output_dir: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """Read a sweep TOML (layout in the module docstring).
+
+    Parameters
+    ----------
+    path
+        The sweep file.
+    output_dir
+        Root of the sweep folder, replacing ``[sweep] output-dir`` (default ``runs``).
+    overrides
+        Flat config keys put on top of ``[base]`` (``fl-cem sweep --set``).
+
+    Raises
+    ------
+    ValueError
+        Unknown config keys, malformed tables, or cells with clashing names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {path} does not exist")
+    try:
+        tree = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"sweep file {path} is not valid TOML: {err}") from err
+    known = set(Config.defaults_flat())
+    unknown = sorted(set(tree) - {"sweep", "base", "grid", "execution", "attacks", "exclude"})
+    if unknown:
+        raise ValueError(f"sweep file {path}: unknown top-level entries {unknown}")
+    settings = tree.get("sweep", {})
+    base = {**flatten(tree.get("base", {})), **(overrides or {})}
+    _check_keys(base, known, "[base]")
+    axes = tuple(_axis(name, values, known) for name, values in _grid_items(tree.get("grid", {})))
+    _check_short_labels(axes)
+    executions = tuple(itertools.chain.from_iterable(_executions(entry, known) for entry in tree.get("execution", ["centralized"])))
+    labels = [execution.label for execution in executions]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"sweep file {path}: executions share labels {labels}; give each a distinct 'label'")
+    attack_entries = tree.get("attacks", [{"attack": name} for name in DEFAULT_ATTACKS])
+    attacks = tuple(itertools.chain.from_iterable(_attacks(entry, known) for entry in attack_entries))
+    exclude = tuple(flatten(rule) for rule in tree.get("exclude", []))
+    axis_names = {axis.name for axis in axes}
+    for rule in exclude:
+        _check_keys({k: v for k, v in rule.items() if k not in axis_names}, known, "exclude")
+    return SweepSpec(
+        name=str(settings.get("name", path.stem)),
+        output_dir=Path(output_dir if output_dir is not None else settings.get("output-dir", "runs")),
+        base=base,
+        axes=axes,
+        executions=executions,
+        attacks=attacks,
+        exclude=exclude,
+        source=str(path),
+    )
+
+
+def _grid_items(grid: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Grid axes in file order; nested tables (``[grid.cem] lambda = [...]``) become dotted keys."""
+    items: list[tuple[str, Any]] = []
+    for key, value in grid.items():
+        if isinstance(value, Mapping):
+            items.extend((f"{key}.{sub}", v) for sub, v in flatten(value).items())
+        else:
+            items.append((key, value))
+    return items
+
+
+def _axis(name: str, values: Any, known: set[str]) -> Axis:
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"grid axis {name!r} must be a non-empty list; got {values!r}")
+    if all(isinstance(v, Mapping) for v in values):
+        bundles = []
+        for value in values:
+            keys = flatten({k: v for k, v in value.items() if k != "label"})
+            if "label" not in value:
+                raise ValueError(f"grid axis {name!r}: every table needs a 'label' (used in cell names); got {dict(value)}")
+            _check_keys(keys, known, f"grid axis {name!r}")
+            bundles.append((str(value["label"]), keys))
+        return Axis(name, tuple(bundles))
+    if name not in known:
+        raise ValueError(
+            f"grid axis {name!r} is neither a config key nor a list of labelled tables "
+            "(top-level arrays such as execution or attacks must come before the first [table])"
+        )
+    _check_keys({name: values[0]}, known, "[grid]")
+    return Axis(name, tuple((_value_label(name, v), {name: v}) for v in values))
+
+
+def _check_short_labels(axes: tuple[Axis, ...]) -> None:
+    """Two numeric axes whose keys end alike (``train.epochs``, ``attack.epochs``) get full keys in labels."""
+    numeric = [axis for axis in axes if all(set(keys) == {axis.name} and not isinstance(keys[axis.name], str) for _, keys in axis.values)]
+    shorts = [_short(axis.name) for axis in numeric]
+    if len(set(shorts)) != len(shorts):
+        clashing = sorted({s for s in shorts if shorts.count(s) > 1})
+        raise ValueError(f"grid axes share the short name(s) {clashing} used in cell names; use a labelled table axis for one of them")
+
+
+def _value_label(key: str, value: Scalar) -> str:
+    """``lambda16``, ``sigma0.025``, ``seed1``; strings stand for themselves (``bottleneck``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return f"{_short(key)}{'on' if value else 'off'}"
+    if isinstance(value, float):
+        return f"{_short(key)}{value:g}"
+    return f"{_short(key)}{value}"
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _executions(entry: Any, known: set[str]) -> list[Execution]:
+    if isinstance(entry, str):
+        entry = {"kind": entry}
+    if not isinstance(entry, Mapping) or entry.get("kind") not in EXECUTION_KINDS:
+        raise ValueError(f"execution entries are 'centralized', 'federated' or tables with kind = one of those; got {entry!r}")
+    kind = str(entry["kind"])
+    clients = entry.get("clients")
+    if clients is not None and (not isinstance(clients, int) or clients < 1 or kind != "federated"):
+        raise ValueError(f"execution 'clients' must be a positive integer of a federated entry; got {clients!r} ({kind})")
+    keys = flatten({k: v for k, v in entry.items() if k not in ("kind", "label", "clients", "client-cpus")})
+    _check_keys({k: v[0] if isinstance(v, list) else v for k, v in keys.items()}, known, f"execution {kind}")
+    listed = {k: v for k, v in keys.items() if isinstance(v, list)}
+    fixed = {k: v for k, v in keys.items() if not isinstance(v, list)}
+    out = []
+    for combo in itertools.product(*listed.values()):
+        chosen = dict(zip(listed, combo))
+        label = str(entry.get("label", kind))
+        if chosen:
+            label = "-".join([label, *(_value_label(k, v) for k, v in chosen.items())])
+        out.append(Execution(kind, _safe(label), clients, float(entry.get("client-cpus", 1.0)), {**fixed, **chosen}))
+    return out
+
+
+def _attacks(entry: Any, known: set[str]) -> list[AttackSpec]:
+    if isinstance(entry, str):
+        entry = {"attack": entry}
+    if not isinstance(entry, Mapping) or "attack" not in entry:
+        raise ValueError(f"attacks entries are attack names or tables with 'attack'; got {entry!r}")
+    modes = entry.get("mode", list(ATTACK_MODES))
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    for mode in modes:
+        if mode not in ATTACK_MODES:
+            raise ValueError(f"attack mode must be one of {', '.join(ATTACK_MODES)}; got {mode!r}")
+    keys = flatten({k: v for k, v in entry.items() if k not in ("attack", "mode")})
+    _check_keys(keys, known, f"attack {entry['attack']}")
+    return [AttackSpec(str(entry["attack"]), mode, keys) for mode in modes]
+
+
+def _check_keys(keys: Mapping[str, Any], known: set[str], where: str) -> None:
+    for key in keys:
+        if key in RESERVED_KEYS:
+            raise ValueError(f"{where}: {key} is set per cell by the sweep and cannot be given")
+        if key not in known:
+            raise ValueError(f"{where}: unknown config key {key!r}")
+
+
+def _matches(rule: Mapping[str, Scalar], labels: Mapping[str, str], overrides: Mapping[str, Scalar], defaults: Mapping[str, Scalar]) -> bool:
+    for key, wanted in rule.items():
+        actual = labels[key] if key in labels and key not in defaults else overrides.get(key, defaults.get(key))
+        if actual != wanted:
+            return False
+    return True
+
+
+def _safe(name: str) -> str:
+    """A folder name: anything but letters, digits, ``.``, ``_``, ``=``, ``-`` becomes ``-``."""
+    return re.sub(r"[^A-Za-z0-9._=-]", "-", name)
+
+
+__all__ = ["AttackSpec", "Axis", "Cell", "Execution", "SweepSpec", "load_sweep", "SEED_KEY"]

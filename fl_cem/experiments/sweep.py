@@ -1,0 +1,155 @@
+"""Run a sweep: every cell trains, is attacked and recorded; finished cells are skipped.
+
+Each cell is an ordinary run folder ``<output-dir>/<sweep>/<cell>/`` (``results.json``,
+checkpoint, TensorBoard logs, attack grids) plus ``status.json``: ``running``, ``done`` or
+``failed`` with the traceback. A cell is finished when its ``results.json`` has a ``final``
+summary and every requested (attack, mode) for every victim; a re-run skips it without loading
+data. An interrupted cell resumes from its checkpoint (``run.resume``), and attacks already
+recorded are not repeated. A failing cell is recorded and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fl_cem.attacks.run import attack_run
+from fl_cem.config import Config
+from fl_cem.experiments.spec import AttackSpec, Cell, SweepSpec
+from fl_cem.federated.launch import run_federated
+from fl_cem.reporting.run_dir import RunDir, atomic_write_bytes
+from fl_cem.training.centralized import train_centralized
+
+Log = Callable[[str], None]
+# Keys that may differ between a cell's recorded results and its config now: where it runs.
+MACHINE_KEYS = ("run.device", "run.resume")
+
+
+@dataclass
+class SweepSummary:
+    """Cell counts of one ``run_sweep`` call."""
+
+    ran: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.ran + self.skipped + self.failed
+
+
+def run_sweep(spec: SweepSpec, log: Log = print) -> SweepSummary:
+    """Run every cell of ``spec`` that is not finished; write the manifest the report reads.
+
+    Parameters
+    ----------
+    spec
+        The parsed sweep (:func:`fl_cem.experiments.spec.load_sweep`).
+    log
+        Receives the progress lines (cell i/n, elapsed, ETA over the cells that still run).
+
+    Returns
+    -------
+    SweepSummary
+        How many cells ran, were skipped as finished, or failed.
+    """
+    cells = spec.cells()
+    spec.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(spec.root / "sweep.json", json.dumps(spec.manifest(), indent=2).encode())
+    pending = {cell.name for cell in cells if not cell_finished(spec.root / cell.name, spec.attacks)}
+    log(f"sweep {spec.name}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to run in {spec.root}")
+    summary = SweepSummary()
+    began = time.perf_counter()
+    for index, cell in enumerate(cells, start=1):
+        head = f"[{index}/{len(cells)}] {cell.name}"
+        if cell.name not in pending:
+            summary.skipped += 1
+            log(f"{head}: finished, skipped")
+            continue
+        done = summary.ran + summary.failed
+        elapsed = time.perf_counter() - began
+        eta = f"{elapsed / done * (len(pending) - done):.0f}s" if done else "unknown"
+        log(f"{head}: running ({done}/{len(pending)} run so far, elapsed {elapsed:.0f}s, ETA {eta})")
+        status = run_cell(cell, spec.root, spec.attacks, lambda line, head=head: log(f"  {head} {line}"))
+        if status["status"] == "done":
+            summary.ran += 1
+            log(f"{head}: done in {status['wall_s']:.0f}s")
+        else:
+            summary.failed += 1
+            log(f"{head}: FAILED in {status['wall_s']:.0f}s at {status['stage']}: {status['error']}")
+    log(f"sweep {spec.name}: {summary.ran} ran, {summary.skipped} skipped, {summary.failed} failed, {time.perf_counter() - began:.0f}s")
+    return summary
+
+
+def run_cell(cell: Cell, root: Path, attacks: tuple[AttackSpec, ...], log: Log = print) -> dict[str, Any]:
+    """Train (unless trained), run the missing attacks, and write ``status.json``; never raises.
+
+    Returns
+    -------
+    dict
+        The status written: ``status`` (``done``/``failed``), ``stage``, ``wall_s``, and on
+        failure ``error`` and ``traceback``.
+    """
+    run = RunDir(root / cell.name)
+    status: dict[str, Any] = {"cell": cell.name, "status": "running", "stage": "config", "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_status(run, status)
+    tick = time.perf_counter()
+    try:
+        cfg = Config.from_flat({**cell.overrides, "run.output-dir": str(root), "run.name": cell.name})
+        results = run.read_results()
+        check_same_config(results, cfg)
+        if not results.get("final"):
+            status["stage"] = "train"
+            write_status(run, status)
+            if cell.execution.kind == "federated":
+                results = run_federated(cfg, num_clients=cell.execution.clients, client_cpus=cell.execution.client_cpus)
+            else:
+                results = train_centralized(cfg, log=log)
+        for attack in missing_attacks(results, attacks):
+            status["stage"] = f"attack {attack.attack} {attack.mode}"
+            write_status(run, status)
+            for outcome in attack_run(str(run.root), attack.attack, attack.mode, None, attack.overrides):
+                log(f"{attack.attack} {attack.mode} {outcome['victim']}: MSE {outcome['metrics']['mse']:.4f}")
+        status.update(status="done", stage="finished")
+    except Exception as err:
+        status.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+    status["wall_s"] = time.perf_counter() - tick
+    write_status(run, status)
+    return status
+
+
+def cell_finished(folder: Path, attacks: tuple[AttackSpec, ...]) -> bool:
+    """A ``final`` summary and every requested attack recorded for every victim."""
+    results = RunDir(folder).read_results()
+    return bool(results.get("final")) and not missing_attacks(results, attacks)
+
+
+def missing_attacks(results: dict[str, Any], attacks: tuple[AttackSpec, ...]) -> list[AttackSpec]:
+    """The requested attacks not yet recorded for every victim (each client of a federated run)."""
+    victims = int(results.get("clients", 1)) if results.get("kind") == "federated" else 1
+    recorded: dict[tuple[str, str], set[str]] = {}
+    for entry in results.get("attacks", []):
+        recorded.setdefault((entry["attack"], entry["mode"]), set()).add(entry["victim"])
+    return [a for a in attacks if len(recorded.get((a.attack, a.mode), set())) < victims]
+
+
+def check_same_config(results: dict[str, Any], cfg: Config) -> None:
+    """Refuse results of another config under this cell's name (the sweep file changed since)."""
+    if not results.get("config"):
+        return
+    mine = {k: v for k, v in cfg.to_flat().items() if k not in MACHINE_KEYS}
+    theirs = {k: v for k, v in results["config"].items() if k not in MACHINE_KEYS}
+    changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if changed:
+        raise ValueError(
+            f"{cfg.run.output_dir}/{cfg.run.name} holds results of a different config (keys differ: {', '.join(changed)}); "
+            "delete that folder or give the sweep another name"
+        )
+
+
+def write_status(run: RunDir, status: dict[str, Any]) -> None:
+    atomic_write_bytes(run.root / "status.json", json.dumps(status, indent=2).encode())

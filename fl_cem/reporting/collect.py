@@ -1,0 +1,122 @@
+"""Read a sweep folder (or any folder of runs) into one record per run: status, config, numbers.
+
+The numbers are the paper's Table 1 columns and ours, one value per run:
+
+- ``accuracy``: test accuracy of the last epoch (federated: mean over the clients' encoders);
+- ``<attack>_<mode>_{mse,psnr,ssim}``: reconstruction quality of each attack and attacker's
+  data (Sec. 5.1; federated: mean over the attacked clients, the last result per client);
+- ``hxz_relative``: ``-L_C`` (Eq. 3 with ``H(x) := 0``) of the last epoch; federated runs the mean
+  over clients, and ``global_hxz_relative`` of the server's merged mixture where there is one;
+- ``mse_lower_bound`` (and ``global_mse_lower_bound``): Theorem 1's estimate (docs/CEM.md);
+- ``train_s``, ``attack_s``: wall time of training and of the recorded attacks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fl_cem.reporting.run_dir import RunDir
+
+QUALITY = ("mse", "psnr", "ssim")
+
+
+@dataclass
+class RunRecord:
+    """One run (a sweep cell) as the report sees it."""
+
+    name: str
+    execution: str
+    status: str
+    """``done``, ``failed``, ``running`` (started, not finished) or ``pending`` (never started)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)
+    grids: dict[str, Path] = field(default_factory=dict)
+    """``"<attack>_<mode>"`` -> reconstruction grid PNG of the first victim."""
+    error: str = ""
+
+    @property
+    def seed(self) -> int | None:
+        seed = self.config.get("run.seed")
+        return int(seed) if seed is not None else None
+
+
+def run_values(results: dict[str, Any]) -> dict[str, float]:
+    """The report's numbers of one ``results.json`` (see the module docstring); absent ones are left out."""
+    final = results.get("final") or {}
+    cem = final.get("cem", {})
+    federated = results.get("kind") == "federated"
+    raw = {
+        "accuracy": final.get("test_accuracy_mean" if federated else "test_accuracy"),
+        "hxz_relative": cem.get("mean_hxz_relative" if federated else "hxz_relative"),
+        "mse_lower_bound": cem.get("mean_mse_lower_bound" if federated else "mse_lower_bound"),
+        "global_hxz_relative": cem.get("global_hxz_relative"),
+        "global_mse_lower_bound": cem.get("global_mse_lower_bound"),
+        "train_s": final.get("train_time_s"),
+    }
+    values = {key: float(value) for key, value in raw.items() if value is not None}
+    latest = latest_attacks(results)
+    by_pair: dict[str, list[dict[str, Any]]] = {}
+    for (attack, mode, _), entry in latest.items():
+        by_pair.setdefault(f"{attack}_{mode}", []).append(entry)
+    for pair, entries in by_pair.items():
+        for quality in QUALITY:
+            values[f"{pair}_{quality}"] = sum(float(e["metrics"][quality]) for e in entries) / len(entries)
+    if latest:
+        values["attack_s"] = sum(float(entry["time_s"]) for entry in latest.values())
+    return values
+
+
+def latest_attacks(results: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The last recorded result per (attack, mode, victim): a repeated attack replaces the earlier one."""
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for entry in results.get("attacks", []):
+        latest[(entry["attack"], entry["mode"], entry["victim"])] = entry
+    return latest
+
+
+def attack_grids(results: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """Reconstruction PNG of each (attack, mode), first victim; found beside the run if the folder moved."""
+    grids: dict[str, Path] = {}
+    for (attack, mode, _), entry in sorted(latest_attacks(results).items()):
+        recorded = Path(entry.get("grid", ""))
+        path = recorded if recorded.is_file() else folder / "attacks" / recorded.name
+        if f"{attack}_{mode}" not in grids and path.is_file():
+            grids[f"{attack}_{mode}"] = path
+    return grids
+
+
+def load_records(folder: str | Path) -> tuple[list[RunRecord], dict[str, Any]]:
+    """Records of every cell of a sweep folder, and its manifest (``{}`` for a plain folder of runs).
+
+    With a ``sweep.json`` manifest every cell is listed, run or not, labelled by its execution;
+    otherwise every sub-folder holding a ``results.json`` is a run labelled by its kind.
+    """
+    folder = Path(folder)
+    manifest_path = folder / "sweep.json"
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if manifest:
+        cells = [(cell["name"], cell["execution"]) for cell in manifest["cells"]]
+    else:
+        cells = []
+        for sub in sorted(p for p in folder.iterdir() if (p / "results.json").is_file()):
+            cells.append((sub.name, RunDir(sub).read_results().get("kind", "centralized")))
+    if not cells:
+        raise FileNotFoundError(f"{folder} holds no sweep.json and no run folders with results.json")
+    return [read_record(folder / name, name, execution) for name, execution in cells], manifest
+
+
+def read_record(folder: Path, name: str, execution: str) -> RunRecord:
+    """One cell's record from its ``results.json`` and ``status.json``."""
+    results = RunDir(folder).read_results()
+    status_path = folder / "status.json"
+    status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    state = status.get("status") or ("done" if results.get("final") else "pending")
+    record = RunRecord(name, execution, state, dict(results.get("config", {})), error=str(status.get("error", "")))
+    if results:
+        record.values = {k: v for k, v in run_values(results).items() if not math.isnan(v)}
+        record.grids = attack_grids(results, folder)
+    return record

@@ -1,0 +1,188 @@
+"""The paper's figures for a sweep, as PNG files (matplotlib, no display needed).
+
+- Fig. 3: attack MSE against H(x|z) per run, with the exponential fit of Theorem 1 and its
+  correlation (:mod:`fl_cem.reporting.fit`);
+- Fig. 4a/4b: accuracy against attack MSE, one curve per method and CEM setting through the
+  values of ``noise.sigma`` (4a), and one per method through the values of ``cem.lambda`` (4b);
+- Fig. 5: the attacks' reconstruction grids per defense, without and with CEM, side by side.
+
+Figures are built on :class:`matplotlib.figure.Figure` directly, so no pyplot state or GUI
+backend is involved and the functions are safe to call from tests and sweeps.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from fl_cem.reporting.collect import RunRecord
+from fl_cem.reporting.fit import ExpFit, exponential_fit
+from fl_cem.reporting.table import CEM_KEY, Row, Table
+
+SIGMA_KEY = "noise.sigma"
+PREFERRED_MSE = "decoder_train_mse"
+"""Fig. 3 and 4 use the decoder attack with the training data (Sec. 3.5: "full access")."""
+MIN_FIT_POINTS = 3
+
+
+def mse_column(columns: Sequence[str]) -> str | None:
+    """The MSE the figures plot: the decoder's on training data, else the first recorded."""
+    mses = [c for c in columns if c.endswith("_mse") and c != "mse_lower_bound" and not c.startswith("global_")]
+    return PREFERRED_MSE if PREFERRED_MSE in mses else (mses[0] if mses else None)
+
+
+def plot_mse_vs_entropy(records: Sequence[RunRecord], column: str, path: Path) -> dict[str, ExpFit]:
+    """Fig. 3: one point per finished run, one exponential fit per execution; returns the fits.
+
+    Runs whose H(x|z) is not finite (``noise.sigma = 0`` makes ``L_C`` infinite) or whose MSE is
+    missing are left out. An execution with fewer than three distinct entropies gets no fit (a
+    line through two points says nothing about the relation).
+    """
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    fits: dict[str, ExpFit] = {}
+    executions = list(dict.fromkeys(r.execution for r in records))
+    for index, execution in enumerate(executions):
+        points = [
+            (r.values["hxz_relative"], r.values[column])
+            for r in records
+            if r.execution == execution and r.status == "done" and math.isfinite(r.values.get("hxz_relative", math.nan)) and r.values.get(column, 0) > 0
+        ]
+        if not points:
+            continue
+        xs, ys = (np.array(v) for v in zip(*points))
+        color = f"C{index}"
+        ax.scatter(xs, ys, color=color, label=f"{execution} (n={len(xs)})")
+        if len(set(xs.tolist())) >= MIN_FIT_POINTS:
+            fit = exponential_fit(xs, ys)
+            fits[execution] = fit
+            grid = np.linspace(xs.min(), xs.max(), 100)
+            ax.plot(grid, fit(grid), color=color, linestyle="--", label=f"fit: rate {fit.rate:.3g}/nat, r(H, log MSE) = {fit.r_log:.2f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("relative H(x|z) = -L_C (nats, Eq. 3)")
+    ax.set_ylabel(f"{_pretty(column)}")
+    ax.set_title("Reconstruction MSE vs conditional entropy (Fig. 3)")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return fits
+
+
+def plot_accuracy_vs_mse(table: Table, column: str, folder: Path) -> list[Path]:
+    """Fig. 4a (curves through sigma) per execution, and Fig. 4b (through lambda) where lambda varies."""
+    paths = []
+    for execution in table.executions:
+        rows = [row for row in table.rows if row.execution == execution and column in row.mean and "accuracy" in row.mean]
+        if not rows:
+            continue
+        name = _file_part(execution)
+        sweeping = ", sweeping σ" if SIGMA_KEY in table.roles.other else ""
+        title = f"{execution}: accuracy vs MSE{sweeping} (Fig. 4a)"
+        paths.append(_curves(rows, column, SIGMA_KEY, "σ", folder / f"fig4a_accuracy_vs_mse_sigma_{name}.png", title))
+        if len({row.lam for row in rows}) >= 2:
+            paths.append(_curves(rows, column, CEM_KEY, "λ", folder / f"fig4b_accuracy_vs_mse_lambda_{name}.png", f"{execution}: accuracy vs MSE, sweeping λ (Fig. 4b)"))
+    return paths
+
+
+def _curves(rows: list[Row], column: str, sweep_key: str, symbol: str, path: Path, title: str) -> Path:
+    """One line per series (rows equal but for ``sweep_key``), points in order of its value."""
+    series: dict[str, list[tuple[float, Row]]] = {}
+    for row in rows:
+        value = row.lam if sweep_key == CEM_KEY else row.other.get(sweep_key)
+        rest = {k: v for k, v in row.other.items() if k != sweep_key}
+        label = row.method if sweep_key == CEM_KEY else row.label + (f" ({row.cem})" if row.cem else "")
+        label += "".join(f", {k.rsplit('.', 1)[-1]}={v}" for k, v in rest.items())
+        series.setdefault(label, []).append((float(value) if value is not None else math.nan, row))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    for label, points in series.items():
+        points.sort(key=lambda p: p[0])
+        xs = [p[1].mean[column] for p in points]
+        ys = [100 * p[1].mean["accuracy"] for p in points]
+        xerr = [_zero_nan(p[1].std.get(column, math.nan)) for p in points]
+        yerr = [100 * _zero_nan(p[1].std.get("accuracy", math.nan)) for p in points]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=2, label=label)
+        for (value, _), x, y in zip(points, xs, ys):
+            if not math.isnan(value):
+                ax.annotate(f"{symbol}={value:g}", (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel(_pretty(column))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_reconstructions(table: Table, records: Sequence[RunRecord], folder: Path) -> list[Path]:
+    """Fig. 5: per execution and attack, a grid of reconstruction PNGs, methods by CEM setting.
+
+    Each panel is the attack's own PNG (originals above, reconstructions below) of the row's
+    first seed, so the figure shows exactly the images the metrics were computed on.
+    """
+    by_name = {r.name: r for r in records}
+    paths = []
+    for execution in table.executions:
+        rows = [row for row in table.rows if row.execution == execution]
+        pairs = sorted({pair for row in rows for pair in by_name[row.cells[0]].grids})
+        for pair in pairs:
+            settings = list(dict.fromkeys((row.lam, row.cem) for row in sorted(rows, key=lambda r: r.lam)))
+            lines = list(dict.fromkeys((row.method, tuple(row.other.items())) for row in rows))
+            panels = {
+                ((row.method, tuple(row.other.items())), (row.lam, row.cem)): by_name[row.cells[0]].grids.get(pair)
+                for row in rows
+            }
+            if not any(panels.values()):
+                continue
+            fig = Figure(figsize=(3.2 * len(settings), 1.3 * len(lines) + 0.6))
+            axes = fig.subplots(len(lines), len(settings), squeeze=False)
+            for i, line in enumerate(lines):
+                for j, setting in enumerate(settings):
+                    ax = axes[i][j]
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    image = panels.get((line, setting))
+                    if image is not None:
+                        ax.imshow(imread(image))
+                    if i == 0:
+                        ax.set_title("without CEM" if setting[0] == 0 else f"with CEM ({setting[1]})", fontsize=8)
+                    if j == 0:
+                        other = "".join(f"\n{k.rsplit('.', 1)[-1]}={v}" for k, v in line[1])
+                        ax.set_ylabel(f"{line[0]}{other}", fontsize=7)
+            fig.suptitle(f"{execution}: {_pretty(pair + '_mse').replace(' MSE', '')} reconstructions (top: originals)", fontsize=9)
+            paths.append(_save(fig, folder / f"fig5_reconstructions_{_file_part(execution)}_{pair}.png"))
+    return paths
+
+
+def _pretty(column: str) -> str:
+    """``decoder_train_mse`` -> ``decoder MSE (train)``."""
+    parts = column.rsplit("_", 2)
+    if len(parts) == 3 and parts[1] in ("train", "infer"):
+        return f"{parts[0]} {parts[2].upper()} ({parts[1]})"
+    return column
+
+
+def _zero_nan(value: float) -> float:
+    """Error bars of a single seed: none drawn (its deviation is undefined, not zero)."""
+    return 0.0 if math.isnan(value) else value
+
+
+def _file_part(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in text)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def figure_summary(fits: dict[str, ExpFit]) -> dict[str, Any]:
+    """The Fig. 3 fits as JSON-ready numbers."""
+    return {
+        execution: {"log_scale": fit.log_scale, "rate": fit.rate, "r_log": fit.r_log, "r_linear": fit.r_linear, "n": fit.n}
+        for execution, fit in fits.items()
+    }

@@ -1,0 +1,336 @@
+"""``fl-cem report runs/<sweep>``: the paper's tables and figures for the runs of a sweep.
+
+Writes into ``<sweep>/report/``::
+
+    report.md        Table 1 per execution (with the average rows and the CEM gain), PSNR/SSIM,
+                     centralized against federated, the Fig. 3 fit, failed cells, figure links
+    rows.csv         one line per row: mean and std over seeds of every column, n
+    averages.csv     the "Average w/o CEM", "Average w/ CEM" and gain lines per block
+    cells.csv        one line per cell, status and raw values (failed cells with their error)
+    report.json      all of the above, machine-readable (non-finite numbers as null)
+    fig*.png         Fig. 3, 4a/4b, 5 (:mod:`fl_cem.reporting.figures`)
+    tb_hparams/      TensorBoard HParams view: one run per cell, its keys and final numbers
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from fl_cem.reporting.collect import RunRecord, load_records
+from fl_cem.reporting.figures import figure_summary, mse_column, plot_accuracy_vs_mse, plot_mse_vs_entropy, plot_reconstructions
+from fl_cem.reporting.fit import ExpFit
+from fl_cem.reporting.table import Average, Row, Table, build_table
+
+HEADERS = {
+    "accuracy": "Acc. (%)",
+    "hxz_relative": "H(x|z) rel.",
+    "global_hxz_relative": "H(x|z) rel. (global)",
+    "mse_lower_bound": "MSE bound",
+    "global_mse_lower_bound": "MSE bound (global)",
+    "train_s": "Train s",
+    "attack_s": "Attack s",
+}
+ATTACK_NAMES = {"decoder": "Dec.", "gan": "GAN"}
+NOTES = """\
+Values are mean ± sample standard deviation over seeds; n is the number of seeds (no ± for n = 1).
+Acc.: test accuracy after the last epoch (federated: mean over the clients' encoders).
+MSE: per-pixel reconstruction MSE in [0, 1] pixel space of held-out targets (paper Sec. 5.1),
+per attack, with the attacker's data from the training split (train) or the test split (infer);
+federated runs average over the attacked clients. Higher MSE and lower PSNR/SSIM mean more privacy.
+H(x|z) rel.: -L_C of the last epoch's mixture (Eq. 3 with H(x) := 0, nats; federated: mean over
+clients, "global" for the server's merged mixture). MSE bound: Theorem 1 with H(x) replaced by the
+entropy of a Gaussian of the data's variance, an estimate rather than a certificate (docs/CEM.md).
+Averages follow the paper's last two rows: over the methods that have both a row without and with
+CEM. Gain: relative change for MSE, PSNR, SSIM, bound and time; difference for accuracy (points) and H(x|z).
+"""
+
+
+def write_report(folder: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Read the sweep folder, build the table, write every report file; returns report.json's content.
+
+    Parameters
+    ----------
+    folder
+        A sweep folder (with ``sweep.json``) or any folder whose sub-folders are runs.
+    out
+        Where to write (default ``<folder>/report``).
+    """
+    folder = Path(folder)
+    out = Path(out) if out is not None else folder / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    records, manifest = load_records(folder)
+    table = build_table(records)
+    column = mse_column(table.columns)
+    figures: list[Path] = []
+    fits: dict[str, ExpFit] = {}
+    if column is not None and table.rows:
+        fits = plot_mse_vs_entropy(records, column, out / "fig3_mse_vs_entropy.png")
+        figures.append(out / "fig3_mse_vs_entropy.png")
+        figures += plot_accuracy_vs_mse(table, column, out)
+        figures += plot_reconstructions(table, records, out)
+    write_hparams(records, table, out / "tb_hparams")
+    name = manifest.get("name", folder.name)
+    report = {
+        "sweep": name,
+        "folder": str(folder),
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "columns": table.columns,
+        "roles": {"method": table.roles.method, "cem": table.roles.cem, "other": table.roles.other},
+        "rows": [_row_json(row) for row in table.rows],
+        "averages": [_average_json(avg) for avg in table.averages],
+        "cells": [_cell_json(record) for record in records],
+        "fig3_column": column,
+        "fig3_fits": figure_summary(fits),
+        "figures": [p.name for p in figures],
+    }
+    (out / "report.json").write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
+    write_csvs(table, records, out)
+    (out / "report.md").write_text(markdown(name, table, records, fits, column, figures))
+    return report
+
+
+# ----------------------------------------------------------------------------- markdown
+def markdown(name: str, table: Table, records: Sequence[RunRecord], fits: dict[str, ExpFit], column: str | None, figures: Sequence[Path]) -> str:
+    """The whole report.md."""
+    counts = {status: sum(r.status == status for r in records) for status in ("done", "failed", "running", "pending")}
+    lines = [f"# Sweep report: {name}", "", f"{len(records)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".", "", NOTES]
+    quality = [c for c in table.columns if c.endswith(("_psnr", "_ssim"))]
+    main = [c for c in table.columns if c not in quality]
+    for execution in table.executions:
+        rows = [row for row in table.rows if row.execution == execution]
+        if not rows:
+            continue
+        lines += [f"## {execution}", "", *_table(table, rows, main, with_averages=True), ""]
+        if quality:
+            lines += [f"### {execution}: PSNR and SSIM (supplement S.4)", "", *_table(table, rows, quality, with_averages=False), ""]
+    if len(table.executions) > 1:
+        lines += ["## Centralized and federated side by side", "", *_comparison(table), ""]
+    gains = [_gain_line(avg) for avg in table.averages]
+    if gains:
+        lines += ["## CEM gain", "", *gains, ""]
+    if fits:
+        lines += [f"## MSE vs H(x|z) (Fig. 3, {column})", ""]
+        lines += [
+            f"- {execution}: MSE ≈ exp({fit.log_scale:.3g} + {fit.rate:.3g} H), r(H, log MSE) = {fit.r_log:.3f}, "
+            f"r(H, MSE) = {fit.r_linear:.3f}, n = {fit.n}"
+            for execution, fit in fits.items()
+        ]
+        lines.append("")
+    bad = [r for r in records if r.status != "done"]
+    if bad:
+        lines += ["## Cells not finished", "", "| Cell | Status | Error |", "| --- | --- | --- |"]
+        lines += [f"| {r.name} | {r.status} | {r.error.replace('|', '/') or '—'} |" for r in bad]
+        lines.append("")
+    if figures:
+        lines += ["## Figures", "", *(f"![{p.stem}]({p.name})" for p in figures), ""]
+    return "\n".join(lines)
+
+
+def _table(table: Table, rows: list[Row], columns: list[str], with_averages: bool) -> list[str]:
+    other = list(table.roles.other)
+    head = ["Method", "CEM", *other, "n", *(_header(c) for c in columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    averages = [a for a in table.averages if a.execution == rows[0].execution] if with_averages else []
+    for i, row in enumerate(rows):
+        cells = [row.label, row.cem or "—", *(str(row.other[k]) for k in other), str(row.n)]
+        cells += [_mean_std(c, row.mean.get(c), row.std.get(c)) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+        last_of_block = i + 1 == len(rows) or rows[i + 1].other != row.other
+        if last_of_block:
+            for avg in (a for a in averages if a.other == row.other):
+                lines += _average_lines(avg, other, columns)
+    return lines
+
+
+def _average_lines(avg: Average, other: list[str], columns: list[str]) -> list[str]:
+    n = f"{len(avg.methods)} method" + ("s" if len(avg.methods) != 1 else "")
+    fixed = [*(str(avg.other[k]) for k in other), n]
+    out = []
+    for label, cem, values in (("**Average w/o CEM**", "—", avg.without), ("**Average w/ CEM**", avg.cem, avg.with_cem)):
+        out.append("| " + " | ".join([label, cem, *fixed, *(_number(c, values.get(c)) for c in columns)]) + " |")
+    out.append("| " + " | ".join(["**Gain**", avg.cem, *fixed, *(_gain(c, avg.gain.get(c)) for c in columns)]) + " |")
+    return out
+
+
+def _comparison(table: Table) -> list[str]:
+    """Rows of the same setting in every execution next to each other: accuracy and MSEs."""
+    mses = [c for c in table.columns if c.endswith("_mse") and c not in ("mse_lower_bound", "global_mse_lower_bound")]
+    columns = ["accuracy", *mses]
+    head = ["Method", "CEM", *table.roles.other]
+    head += [f"{e}: {_header(c)}" for e in table.executions for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    keys = list(dict.fromkeys((row.label, row.cem, tuple(row.other.items())) for row in table.rows))
+    index = {(row.execution, row.label, row.cem, tuple(row.other.items())): row for row in table.rows}
+    for label, cem, other in keys:
+        cells = [label, cem or "—", *(str(v) for _, v in other)]
+        for execution in table.executions:
+            row = index.get((execution, label, cem, other))
+            cells += [_mean_std(c, row.mean.get(c), row.std.get(c)) if row else "—" for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _gain_line(avg: Average) -> str:
+    where = ", ".join([avg.execution, *(f"{k}={v}" for k, v in avg.other.items()), avg.cem])
+    accuracy = avg.gain.get("accuracy", math.nan)
+    return (
+        f"- {where}: reconstruction MSE {avg.gain_train_mse:+.1%} on training data, {avg.gain_infer_mse:+.1%} on inference data "
+        f"(mean over attacks of the relative gain of the averages), accuracy {100 * accuracy:+.2f} points, "
+        f"over {len(avg.methods)} methods ({', '.join(avg.methods)})"
+    )
+
+
+def _header(column: str) -> str:
+    if column in HEADERS:
+        return HEADERS[column]
+    attack, mode, quality = column.rsplit("_", 2)
+    return f"{ATTACK_NAMES.get(attack, attack)} {quality.upper()} {mode}"
+
+
+def _number(column: str, value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    if column == "accuracy":
+        return f"{100 * value:.2f}"
+    if column.endswith("_mse"):
+        return f"{value:.4f}"
+    if column.endswith("mse_lower_bound"):
+        return f"{value:.3g}"
+    if column.endswith("_psnr"):
+        return f"{value:.2f}"
+    if column.endswith("_ssim"):
+        return f"{value:.3f}"
+    if column.endswith("hxz_relative"):
+        return f"{value:.1f}"
+    return f"{value:.1f}"
+
+
+def _mean_std(column: str, mean: float | None, std: float | None) -> str:
+    text = _number(column, mean)
+    if std is None or math.isnan(std) or text == "—":
+        return text
+    return f"{text} ± {_number(column, std)}"
+
+
+def _gain(column: str, value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    if column == "accuracy":
+        return f"{100 * value:+.2f} pts"
+    if column.endswith("hxz_relative"):
+        return f"{value:+.1f}"
+    return f"{value:+.1%}"
+
+
+# ----------------------------------------------------------------------------- CSV and JSON
+def write_csvs(table: Table, records: Sequence[RunRecord], out: Path) -> None:
+    """rows.csv, averages.csv and cells.csv (numbers unformatted, empty when absent)."""
+    other = list(table.roles.other)
+    with (out / "rows.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["execution", "method", "cem", "lambda", *other, "n", "seeds", "cells", *(f"{c}_{s}" for c in table.columns for s in ("mean", "std"))])
+        for row in table.rows:
+            stats = [_csv(d.get(c)) for c in table.columns for d in (row.mean, row.std)]
+            seeds = " ".join(str(s) for s in row.seeds)
+            writer.writerow([row.execution, row.label, row.cem, row.lam, *(row.other[k] for k in other), row.n, seeds, " ".join(row.cells), *stats])
+    with (out / "averages.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["execution", *other, "cem", "lambda", "statistic", "methods", *table.columns, "gain_train_mse", "gain_infer_mse"])
+        for avg in table.averages:
+            fixed = [avg.execution, *(avg.other[k] for k in other), avg.cem, avg.lam]
+            methods = " ".join(avg.methods)
+            writer.writerow([*fixed, "without_cem", methods, *(_csv(avg.without.get(c)) for c in table.columns), "", ""])
+            writer.writerow([*fixed, "with_cem", methods, *(_csv(avg.with_cem.get(c)) for c in table.columns), "", ""])
+            writer.writerow([*fixed, "gain", methods, *(_csv(avg.gain.get(c)) for c in table.columns), _csv(avg.gain_train_mse), _csv(avg.gain_infer_mse)])
+    keys = [*table.roles.method, *table.roles.cem, *other]
+    with (out / "cells.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cell", "execution", "status", "seed", *keys, *table.columns, "error"])
+        for record in records:
+            values = [_csv(record.values.get(c)) for c in table.columns]
+            writer.writerow([record.name, record.execution, record.status, record.seed, *(record.config.get(k, "") for k in keys), *values, record.error])
+
+
+def _csv(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else repr(float(value))
+
+
+def _row_json(row: Row) -> dict[str, Any]:
+    return {
+        "execution": row.execution,
+        "method": row.method,
+        "label": row.label,
+        "lambda": row.lam,
+        "cem": row.cem,
+        "other": row.other,
+        "n": row.n,
+        "seeds": row.seeds,
+        "cells": row.cells,
+        "mean": row.mean,
+        "std": row.std,
+        "count": row.count,
+    }
+
+
+def _average_json(avg: Average) -> dict[str, Any]:
+    return {
+        "execution": avg.execution,
+        "other": avg.other,
+        "lambda": avg.lam,
+        "cem": avg.cem,
+        "methods": avg.methods,
+        "without_cem": avg.without,
+        "with_cem": avg.with_cem,
+        "gain": avg.gain,
+        "gain_train_mse": avg.gain_train_mse,
+        "gain_infer_mse": avg.gain_infer_mse,
+    }
+
+
+def _cell_json(record: RunRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "execution": record.execution,
+        "status": record.status,
+        "seed": record.seed,
+        "values": record.values,
+        "grids": {k: str(v) for k, v in record.grids.items()},
+        "error": record.error,
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: they become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+def write_hparams(records: Sequence[RunRecord], table: Table, folder: Path) -> None:
+    """One HParams run per finished cell: its execution, method, CEM and other keys, seed, numbers.
+
+    The folder is rewritten from scratch so that a re-run report does not duplicate runs.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    shutil.rmtree(folder, ignore_errors=True)
+    keys = [*table.roles.method, *table.roles.cem, *table.roles.other]
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        for record in records:
+            if record.status != "done":
+                continue
+            hparams: dict[str, Any] = {"execution": record.execution, "seed": record.seed if record.seed is not None else -1}
+            hparams.update({k: record.config.get(k) for k in keys if isinstance(record.config.get(k), (bool, int, float, str))})
+            metrics = {f"hparam/{k}": v for k, v in record.values.items() if math.isfinite(v)}
+            writer.add_hparams(hparams, metrics, run_name=record.name)

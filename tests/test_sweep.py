@@ -1,0 +1,215 @@
+"""Sweeps: cell expansion and names, a tiny sweep end to end, skipping finished cells, failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fl_cem.experiments import sweep as sweep_module
+from fl_cem.experiments.spec import load_sweep
+from fl_cem.experiments.sweep import run_sweep
+from fl_cem.reporting.report import write_report
+
+SMOKE = Path(__file__).resolve().parents[1] / "sim_configs" / "sweeps" / "cpu_smoke.toml"
+
+TINY_BASE = """
+[base]
+"run.device" = "cpu"
+"data.source" = "digits"
+"data.train-subset" = 200
+"data.test-subset" = 100
+"model.arch" = "resnet20"
+"model.cut" = 1
+"train.epochs" = 1
+"train.batch-size" = 32
+"cem.clusters-per-class" = 2
+"""
+
+
+def write_sweep(folder: Path, text: str, name: str = "s.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped two-cell smoke sweep, run once and reported."""
+    out = tmp_path_factory.mktemp("sweeps")
+    spec = load_sweep(SMOKE, output_dir=out)
+    summary = run_sweep(spec, log=lambda line: None)
+    assert (summary.ran, summary.failed) == (2, 0)
+    write_report(spec.root)
+    return spec.root
+
+
+def test_cells_expand_grid_bundles_executions_and_exclusions_with_stable_names(tmp_path: Path) -> None:
+    # Prepare: 2 executions (one expanded over cem.federation) x 2 defense bundles x 2 lambdas, minus none+CEM
+    path = write_sweep(
+        tmp_path,
+        """
+execution = ["centralized", { kind = "federated", clients = 2, "cem.federation" = ["local", "global"] }]
+exclude = [{ defense = "none", "cem.lambda" = 16.0 }]
+
+[base]
+"data.source" = "digits"
+
+[grid]
+defense = [
+  { label = "none", "defense.name" = "none", "model.bottleneck" = 0 },
+  { label = "bottleneck", "defense.name" = "bottleneck" },
+]
+"cem.lambda" = [0.0, 16.0]
+""",
+    )
+
+    # Execute
+    spec = load_sweep(path, output_dir=tmp_path / "runs")
+    cells = spec.cells()
+
+    # Assert: 3 executions x (4 - 1 excluded) cells, names built from labels in axis order
+    assert [c.name for c in cells] == [
+        f"{e}__{d}_lambda{lam}"
+        for e in ("centralized", "federated-local", "federated-global")
+        for d, lam in (("none", 0), ("bottleneck", 0), ("bottleneck", 16))
+    ]
+    fed = next(c for c in cells if c.name == "federated-local__none_lambda0")
+    assert fed.execution.kind == "federated" and fed.execution.clients == 2
+    assert fed.overrides == {"data.source": "digits", "cem.federation": "local", "defense.name": "none", "model.bottleneck": 0, "cem.lambda": 0.0}
+    assert spec.root == tmp_path / "runs" / "s"
+
+
+def test_sweep_file_with_unknown_key_fails_at_load_naming_it(tmp_path: Path) -> None:
+    # Prepare
+    path = write_sweep(tmp_path, '[grid]\n"cem.lamda" = [0.0, 1.0]\n')
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="cem.lamda"):
+        load_sweep(path)
+
+
+def test_attacks_default_to_decoder_and_gan_in_both_modes(tmp_path: Path) -> None:
+    # Prepare
+    path = write_sweep(tmp_path, '[base]\n"data.source" = "digits"\n')
+
+    # Execute
+    spec = load_sweep(path)
+
+    # Assert: the four MSE columns of Table 1
+    assert [(a.attack, a.mode) for a in spec.attacks] == [("decoder", "train"), ("decoder", "infer"), ("gan", "train"), ("gan", "infer")]
+
+
+def test_smoke_sweep_report_has_one_row_per_cell_and_the_table1_columns(smoke: Path) -> None:
+    # Prepare
+    report = json.loads((smoke / "report" / "report.json").read_text())
+
+    # Execute
+    with (smoke / "report" / "rows.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+
+    # Assert: bottleneck without and with CEM, one seed each, every Table 1 column and ours
+    assert [r["label"] for r in report["rows"]] == ["bottleneck", "bottleneck+CEM"]
+    assert [r["n"] for r in report["rows"]] == [1, 1]
+    table1 = ["accuracy", "decoder_train_mse", "decoder_infer_mse", "gan_train_mse", "gan_infer_mse"]
+    ours = ["decoder_train_psnr", "gan_infer_ssim", "hxz_relative", "mse_lower_bound", "train_s", "attack_s"]
+    assert report["columns"][:5] == table1 and set(ours) <= set(report["columns"])
+    assert [r["method"] for r in rows] == ["bottleneck", "bottleneck+CEM"]
+    assert {f"{c}_mean" for c in table1 + ours} <= set(rows[0])
+    assert all(0 < float(r["decoder_train_mse_mean"]) for r in rows)
+    assert [a["methods"] for a in report["averages"]] == [["bottleneck"]]
+    markdown = (smoke / "report" / "report.md").read_text()
+    assert "**Average w/o CEM**" in markdown and "**Average w/ CEM**" in markdown and "**Gain**" in markdown
+    for figure in report["figures"]:
+        assert (smoke / "report" / figure).stat().st_size > 0
+    assert any(f.startswith("fig5_") for f in report["figures"]) and any(f.startswith("fig4a_") for f in report["figures"])
+    assert len(list((smoke / "report" / "tb_hparams").iterdir())) == 3  # the sweep's writer + one run per cell
+
+
+def test_rerunning_a_finished_sweep_trains_and_attacks_nothing(smoke: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    calls: list[str] = []
+    monkeypatch.setattr(sweep_module, "train_centralized", lambda *a, **k: calls.append("train"))
+    monkeypatch.setattr(sweep_module, "attack_run", lambda *a, **k: calls.append("attack") or [])
+    results = sorted(smoke.glob("*/results.json"))
+    before = [p.stat().st_mtime_ns for p in results]
+
+    # Execute
+    summary = run_sweep(load_sweep(SMOKE, output_dir=smoke.parent), log=lambda line: None)
+
+    # Assert
+    assert (summary.ran, summary.skipped, summary.failed) == (0, 2, 0)
+    assert calls == []
+    assert [p.stat().st_mtime_ns for p in results] == before
+
+
+def test_failing_cell_is_recorded_and_the_other_cell_completes(tmp_path: Path) -> None:
+    # Prepare: the second learning rate is invalid, so that cell fails while building its config
+    path = write_sweep(
+        tmp_path,
+        'attacks = [{ attack = "decoder", mode = "train", "attack.epochs" = 1 }]\n' + TINY_BASE + '[grid]\n"train.lr" = [0.02, -1.0]\n',
+    )
+    spec = load_sweep(path, output_dir=tmp_path / "runs")
+
+    # Execute
+    summary = run_sweep(spec, log=lambda line: None)
+    report = write_report(spec.root)
+
+    # Assert
+    assert (summary.ran, summary.failed) == (1, 1)
+    status = json.loads((spec.root / "centralized__lr-1" / "status.json").read_text())
+    assert status["status"] == "failed" and "train.lr" in status["error"] and "Traceback" in status["traceback"]
+    cells = {c["name"]: c for c in report["cells"]}
+    assert cells["centralized__lr-1"]["status"] == "failed"
+    assert cells["centralized__lr0.02"]["status"] == "done" and cells["centralized__lr0.02"]["values"]["decoder_train_mse"] > 0
+    assert [r["cells"] for r in report["rows"]] == [["centralized__lr0.02"]]
+    assert "centralized__lr-1 | failed | ValueError: train.lr must be > 0" in (spec.root / "report" / "report.md").read_text()
+
+
+def test_rerun_of_a_trained_cell_runs_only_its_missing_attack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a finished one-cell sweep whose recorded attack is then removed
+    path = write_sweep(tmp_path, 'attacks = [{ attack = "decoder", mode = "train", "attack.epochs" = 1 }]\n' + TINY_BASE)
+    spec = load_sweep(path, output_dir=tmp_path / "runs")
+    run_sweep(spec, log=lambda line: None)
+    results_path = spec.root / "centralized" / "results.json"
+    results = json.loads(results_path.read_text())
+    results["attacks"] = []
+    results_path.write_text(json.dumps(results))
+    calls: list[Any] = []
+    real_attack = sweep_module.attack_run
+    monkeypatch.setattr(sweep_module, "train_centralized", lambda *a, **k: calls.append("train"))
+    monkeypatch.setattr(sweep_module, "attack_run", lambda *a, **k: calls.append(a[1:3]) or real_attack(*a, **k))
+
+    # Execute
+    summary = run_sweep(spec, log=lambda line: None)
+
+    # Assert
+    assert (summary.ran, summary.failed) == (1, 0)
+    assert calls == [("decoder", "train")]
+    assert [a["attack"] for a in json.loads(results_path.read_text())["attacks"]] == ["decoder"]
+
+
+@pytest.mark.slow  # a Ray simulation: about 20 s
+def test_federated_cell_is_attacked_per_client_and_reported_as_federated(tmp_path: Path) -> None:
+    # Prepare: one federated cell, 2 clients x 1 round
+    path = write_sweep(
+        tmp_path,
+        'execution = [{ kind = "federated", clients = 2, "federated.rounds" = 1 }]\n'
+        'attacks = [{ attack = "decoder", mode = "infer", "attack.epochs" = 1 }]\n' + TINY_BASE,
+    )
+    spec = load_sweep(path, output_dir=tmp_path / "runs")
+
+    # Execute
+    summary = run_sweep(spec, log=lambda line: None)
+    report = write_report(spec.root)
+
+    # Assert: one attack per client, averaged into the federated row
+    assert (summary.ran, summary.failed) == (1, 0)
+    attacks = json.loads((spec.root / "federated" / "results.json").read_text())["attacks"]
+    assert sorted(a["victim"] for a in attacks) == ["client 0", "client 1"]
+    (row,) = report["rows"]
+    assert row["execution"] == "federated"
+    assert row["mean"]["decoder_infer_mse"] == pytest.approx(sum(a["metrics"]["mse"] for a in attacks) / 2)
