@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     defaults.set_defaults(func=cmd_defaults)
     defenses = sub.add_parser("defenses", help="list registered defenses")
     defenses.set_defaults(func=cmd_defenses)
+    from fl_cem.experiments.cli import add_subcommands
+
+    add_subcommands(sub)
     return parser
 
 

@@ -27,6 +27,7 @@ TINY = {
     "train.lr": 0.02,
     "train.epochs": 2,
     "federated.rounds": 2,
+    "federated.local-epochs": 1,
     "cem.clusters-per-class": 2,
 }
 

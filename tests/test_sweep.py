@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from fl_cem.config import Config
 from fl_cem.experiments import sweep as sweep_module
 from fl_cem.experiments.spec import load_sweep
 from fl_cem.experiments.sweep import run_sweep
@@ -78,9 +79,27 @@ defense = [
         for d, lam in (("none", 0), ("bottleneck", 0), ("bottleneck", 16))
     ]
     fed = next(c for c in cells if c.name == "federated-local__none_lambda0")
-    assert fed.execution.kind == "federated" and fed.execution.clients == 2
-    assert fed.overrides == {"data.source": "digits", "cem.federation": "local", "defense.name": "none", "model.bottleneck": 0, "cem.lambda": 0.0}
+    assert fed.execution.kind == "federated"
+    assert fed.overrides == {
+        "data.source": "digits",
+        "defense.name": "none",
+        "model.bottleneck": 0,
+        "cem.lambda": 0.0,
+        "partition.num-partitions": 2,
+        "cem.federation": "local",
+    }
     assert spec.root == tmp_path / "runs" / "s"
+
+
+@pytest.mark.parametrize("path", sorted(SMOKE.parent.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_cell_of_the_shipped_sweeps_builds_a_valid_config(path: Path) -> None:
+    # Execute
+    cells = load_sweep(path).cells()
+
+    # Assert: a cell's config fails only for a value it was given, never in the files we ship
+    assert cells
+    for cell in cells:
+        Config.from_flat({**cell.overrides, "run.name": cell.name})
 
 
 def test_sweep_file_with_unknown_key_fails_at_load_naming_it(tmp_path: Path) -> None:
@@ -119,7 +138,7 @@ def test_smoke_sweep_report_has_one_row_per_cell_and_the_table1_columns(smoke: P
     assert report["columns"][:5] == table1 and set(ours) <= set(report["columns"])
     assert [r["method"] for r in rows] == ["bottleneck", "bottleneck+CEM"]
     assert {f"{c}_mean" for c in table1 + ours} <= set(rows[0])
-    assert all(0 < float(r["decoder_train_mse_mean"]) for r in rows)
+    assert all(float(r["decoder_train_mse_mean"]) > 0 for r in rows)
     assert [a["methods"] for a in report["averages"]] == [["bottleneck"]]
     markdown = (smoke / "report" / "report.md").read_text()
     assert "**Average w/o CEM**" in markdown and "**Average w/ CEM**" in markdown and "**Gain**" in markdown
@@ -193,7 +212,7 @@ def test_rerun_of_a_trained_cell_runs_only_its_missing_attack(tmp_path: Path, mo
 
 
 @pytest.mark.slow  # a Ray simulation: about 20 s
-def test_federated_cell_is_attacked_per_client_and_reported_as_federated(tmp_path: Path) -> None:
+def test_federated_cell_is_attacked_per_client_and_reported_as_federated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: one federated cell, 2 clients x 1 round
     path = write_sweep(
         tmp_path,
@@ -208,8 +227,41 @@ def test_federated_cell_is_attacked_per_client_and_reported_as_federated(tmp_pat
 
     # Assert: one attack per client, averaged into the federated row
     assert (summary.ran, summary.failed) == (1, 0)
-    attacks = json.loads((spec.root / "federated" / "results.json").read_text())["attacks"]
+    results_path = spec.root / "federated" / "results.json"
+    attacks = json.loads(results_path.read_text())["attacks"]
     assert sorted(a["victim"] for a in attacks) == ["client 0", "client 1"]
     (row,) = report["rows"]
     assert row["execution"] == "federated"
     assert row["mean"]["decoder_infer_mse"] == pytest.approx(sum(a["metrics"]["mse"] for a in attacks) / 2)
+
+    # Execute: drop one client's attack and run again
+    results = json.loads(results_path.read_text())
+    results["attacks"] = results["attacks"][:1]
+    results_path.write_text(json.dumps(results))
+    calls: list[str] = []
+    monkeypatch.setattr(sweep_module, "run_federated", lambda *a, **k: calls.append("train"))
+    rerun = run_sweep(spec, log=lambda line: None)
+
+    # Assert: the server's recorded config matches the cell's, so only the attack runs again
+    assert (rerun.ran, rerun.failed, calls) == (1, 0, [])
+    assert len(json.loads(results_path.read_text())["attacks"]) == 3
+
+
+def test_paper_sweep_rows_are_read_as_defense_and_cem_setting_with_no_extra_columns() -> None:
+    # Prepare: every cell of the paper-scale sweep as a finished run with its full config
+    from fl_cem.reporting.collect import RunRecord
+    from fl_cem.reporting.table import assign_roles
+
+    cells = load_sweep(SMOKE.parent / "paper_cifar10.toml").cells()
+    records = [
+        RunRecord(c.name, c.execution.label, "done", Config.from_flat({**c.overrides, "run.name": c.name}).to_flat()) for c in cells
+    ]
+
+    # Execute
+    roles = assign_roles(records)
+
+    # Assert: per-defense keys (No_defense's sigma 0, warm-ups that differ by execution) belong to the
+    # method, the variant to the CEM setting, and no key splits the table into blocks
+    assert roles.method[0] == "defense.name" and {"noise.sigma", "model.bottleneck", "defense.adversary-warmup"} <= set(roles.method)
+    assert roles.cem == ("cem.lambda", "cem.variant")
+    assert roles.other == ()

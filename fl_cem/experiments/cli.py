@@ -11,15 +11,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fl_cem.experiments.spec import load_sweep
 
     spec = load_sweep(args.sweep, args.output_dir, dict(parse_override(item) for item in args.set))
+    from fl_cem.experiments.sweep import run_sweep, select_cells
+
     if args.dry_run:
-        cells = spec.cells()
+        cells = select_cells(spec.cells(), args.only)
         print(f"sweep {spec.name}: {len(cells)} cells in {spec.root}, attacks {', '.join(f'{a.attack}/{a.mode}' for a in spec.attacks)}")
         for cell in cells:
             print(f"  {cell.name}")
         return 0
-    from fl_cem.experiments.sweep import run_sweep
-
-    summary = run_sweep(spec)
+    summary = run_sweep(spec, only=args.only)
     if not args.no_report:
         _report(str(spec.root))
     return 1 if summary.failed else 0
@@ -45,6 +45,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     sweep.add_argument("sweep", help="sweep file, e.g. sim_configs/sweeps/cpu_smoke.toml")
     sweep.add_argument("--output-dir", help="root of the sweep folder (default: [sweep] output-dir, else runs)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a [base] key, e.g. run.device=cuda")
+    sweep.add_argument("--only", action="append", default=[], metavar="PATTERN", help="run only cells whose names match (fnmatch; repeatable)")
     sweep.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     sweep.add_argument("--no-report", action="store_true", help="do not write the report after the sweep")
     sweep.set_defaults(func=cmd_sweep)

@@ -28,7 +28,9 @@ table); ``[[execution]]``, ``[[attacks]]`` and ``[[exclude]]`` tables work anywh
 - ``execution``: ``"centralized"``, ``"federated"``, or tables with ``kind``, optional ``label``,
   ``clients`` (default ``partition.num-partitions``), ``client-cpus`` (Ray CPUs per simulated
   client, default 1) and config keys; a list value there expands the entry (one execution per
-  value, e.g. federated ``local`` against ``global`` CEM statistics). Default: centralized.
+  value, e.g. federated ``local`` against ``global`` CEM statistics). Its keys win over
+  ``[base]`` and the grid (a federated client takes fewer steps per epoch, so step counts such
+  as ``defense.prune-step`` may need its own value). Default: centralized.
 - ``attacks``: tables with ``attack``, optional ``mode`` (a string or a list; default both
   ``train`` and ``infer``, Sec. 5.1 "Threat model") and ``attack.*`` overrides. Default: decoder
   and GAN, train and infer (the four MSE columns of Table 1).
@@ -54,7 +56,6 @@ EXECUTION_KINDS = ("centralized", "federated")
 DEFAULT_ATTACKS = ("decoder", "gan")
 # Keys the runner sets per cell; a sweep may not set them.
 RESERVED_KEYS = ("run.name", "run.output-dir")
-SEED_KEY = "run.seed"
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,9 @@ class Execution:
 
     kind: str
     label: str
-    clients: int | None = None
     client_cpus: float = 1.0
     overrides: dict[str, Scalar] = field(default_factory=dict)
+    """Config keys of this execution; ``clients`` is stored as ``partition.num-partitions``."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,6 @@ class Cell:
             "name": self.name,
             "execution": self.execution.label,
             "kind": self.execution.kind,
-            "clients": self.execution.clients,
             "client_cpus": self.execution.client_cpus,
             "labels": self.labels,
             "overrides": self.overrides,
@@ -131,9 +131,10 @@ class SweepSpec:
         for execution in self.executions:
             for point in itertools.product(*(axis.values for axis in self.axes)):
                 labels = {axis.name: label for axis, (label, _) in zip(self.axes, point)}
-                overrides = {**self.base, **execution.overrides}
+                overrides = dict(self.base)
                 for _, keys in point:
                     overrides.update(keys)
+                overrides.update(execution.overrides)
                 if any(_matches(rule, labels, overrides, defaults) for rule in self.exclude):
                     continue
                 name = f"{execution.label}__{'_'.join(labels.values())}" if labels else execution.label
@@ -277,16 +278,19 @@ def _executions(entry: Any, known: set[str]) -> list[Execution]:
     if clients is not None and (not isinstance(clients, int) or clients < 1 or kind != "federated"):
         raise ValueError(f"execution 'clients' must be a positive integer of a federated entry; got {clients!r} ({kind})")
     keys = flatten({k: v for k, v in entry.items() if k not in ("kind", "label", "clients", "client-cpus")})
-    _check_keys({k: v[0] if isinstance(v, list) else v for k, v in keys.items()}, known, f"execution {kind}")
+    _check_keys(keys, known, f"execution {kind}")
     listed = {k: v for k, v in keys.items() if isinstance(v, list)}
     fixed = {k: v for k, v in keys.items() if not isinstance(v, list)}
+    if clients is not None:
+        # the server records the partition count it ran with; the cell's config must say the same
+        fixed["partition.num-partitions"] = clients
     out = []
     for combo in itertools.product(*listed.values()):
         chosen = dict(zip(listed, combo))
         label = str(entry.get("label", kind))
         if chosen:
             label = "-".join([label, *(_value_label(k, v) for k, v in chosen.items())])
-        out.append(Execution(kind, _safe(label), clients, float(entry.get("client-cpus", 1.0)), {**fixed, **chosen}))
+        out.append(Execution(kind, _safe(label), float(entry.get("client-cpus", 1.0)), {**fixed, **chosen}))
     return out
 
 
@@ -326,4 +330,4 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]", "-", name)
 
 
-__all__ = ["AttackSpec", "Axis", "Cell", "Execution", "SweepSpec", "load_sweep", "SEED_KEY"]
+__all__ = ["AttackSpec", "Axis", "Cell", "Execution", "SweepSpec", "load_sweep"]

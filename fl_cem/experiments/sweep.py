@@ -10,12 +10,13 @@ recorded are not repeated. A failing cell is recorded and the sweep goes on.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from fl_cem.attacks.run import attack_run
 from fl_cem.config import Config
@@ -37,12 +38,8 @@ class SweepSummary:
     skipped: int = 0
     failed: int = 0
 
-    @property
-    def total(self) -> int:
-        return self.ran + self.skipped + self.failed
 
-
-def run_sweep(spec: SweepSpec, log: Log = print) -> SweepSummary:
+def run_sweep(spec: SweepSpec, log: Log = print, only: Sequence[str] = ()) -> SweepSummary:
     """Run every cell of ``spec`` that is not finished; write the manifest the report reads.
 
     Parameters
@@ -51,15 +48,18 @@ def run_sweep(spec: SweepSpec, log: Log = print) -> SweepSummary:
         The parsed sweep (:func:`fl_cem.experiments.spec.load_sweep`).
     log
         Receives the progress lines (cell i/n, elapsed, ETA over the cells that still run).
+    only
+        Shell patterns (``fnmatch``) of cell names to run, to split a sweep across machines
+        that share the sweep folder; empty runs all. The manifest always lists every cell.
 
     Returns
     -------
     SweepSummary
         How many cells ran, were skipped as finished, or failed.
     """
-    cells = spec.cells()
     spec.root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(spec.root / "sweep.json", json.dumps(spec.manifest(), indent=2).encode())
+    cells = select_cells(spec.cells(), only)
     pending = {cell.name for cell in cells if not cell_finished(spec.root / cell.name, spec.attacks)}
     log(f"sweep {spec.name}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to run in {spec.root}")
     summary = SweepSummary()
@@ -74,7 +74,7 @@ def run_sweep(spec: SweepSpec, log: Log = print) -> SweepSummary:
         elapsed = time.perf_counter() - began
         eta = f"{elapsed / done * (len(pending) - done):.0f}s" if done else "unknown"
         log(f"{head}: running ({done}/{len(pending)} run so far, elapsed {elapsed:.0f}s, ETA {eta})")
-        status = run_cell(cell, spec.root, spec.attacks, lambda line, head=head: log(f"  {head} {line}"))
+        status = run_cell(cell, spec.root, spec.attacks, _prefixed(log, f"  {head} "))
         if status["status"] == "done":
             summary.ran += 1
             log(f"{head}: done in {status['wall_s']:.0f}s")
@@ -85,8 +85,21 @@ def run_sweep(spec: SweepSpec, log: Log = print) -> SweepSummary:
     return summary
 
 
+def _prefixed(log: Log, prefix: str) -> Log:
+    """The cell's own lines (epochs, attacks) under its progress line."""
+    return lambda line: log(prefix + line)
+
+
+def select_cells(cells: list[Cell], only: Sequence[str]) -> list[Cell]:
+    """The cells whose names match one of the ``fnmatch`` patterns (all of them for no pattern)."""
+    return [cell for cell in cells if not only or any(fnmatch.fnmatchcase(cell.name, pattern) for pattern in only)]
+
+
 def run_cell(cell: Cell, root: Path, attacks: tuple[AttackSpec, ...], log: Log = print) -> dict[str, Any]:
-    """Train (unless trained), run the missing attacks, and write ``status.json``; never raises.
+    """Train (unless trained), run the missing attacks, and write ``status.json``.
+
+    An exception is recorded, not raised, so the sweep goes on (the cell is retried on the next
+    run); an interruption (Ctrl-C) propagates and leaves the cell ``running``, to resume later.
 
     Returns
     -------
@@ -106,7 +119,7 @@ def run_cell(cell: Cell, root: Path, attacks: tuple[AttackSpec, ...], log: Log =
             status["stage"] = "train"
             write_status(run, status)
             if cell.execution.kind == "federated":
-                results = run_federated(cfg, num_clients=cell.execution.clients, client_cpus=cell.execution.client_cpus)
+                results = run_federated(cfg, client_cpus=cell.execution.client_cpus)
             else:
                 results = train_centralized(cfg, log=log)
         for attack in missing_attacks(results, attacks):

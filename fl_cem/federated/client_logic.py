@@ -31,7 +31,7 @@ from fl_cem.cem import MixtureStats
 from fl_cem.cem.kmeans import fit_class_centres
 from fl_cem.config import Config
 from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
-from fl_cem.training.setup import build_client, build_model, lr_at
+from fl_cem.training.setup import build_client, build_model, lr_at, train_loader
 from fl_cem.training.step import (
     ClientParts,
     batch_seed,
@@ -92,16 +92,7 @@ def _template(config_json: str, partition_id: int, num_partitions: int, device: 
     indices = parts[partition_id].sort().values
     model = build_model(cfg, splits.shape, splits.num_classes, splits.mean, splits.std)
     client = build_client(cfg, model, splits.num_classes, len(indices), torch.device(device))
-    loader = BatchLoader(
-        splits.train,
-        cfg.train.batch_size,
-        torch.device(device),
-        shuffle=True,
-        augment=cfg.data.augment,
-        flip=splits.natural,
-        seed=cfg.run.seed + 7919 * partition_id,
-        indices=indices,
-    )
+    loader = train_loader(splits.train, cfg, splits.natural, torch.device(device), cfg.run.seed + 7919 * partition_id, indices)
     template = Template(client, loader, {})
     template.initial = copy.deepcopy(_dump_parts(client))
     return template

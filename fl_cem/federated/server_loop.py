@@ -235,9 +235,14 @@ class FederatedRun:
                     active.discard(node)
                     continue
                 data = from_record(reply.content["smashed"])
-                grads, metrics = self.server.serve(
-                    data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), int(meta["partition_id"]), server_round, list(meta["batches"])
-                )
+                try:
+                    grads, metrics = self.server.serve(
+                        data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), int(meta["partition_id"]), server_round, list(meta["batches"])
+                    )
+                except (ValueError, RuntimeError) as err:
+                    self.log(f"round {server_round}: smashed data from node {node} could not be served ({err}); client left out of this round")
+                    active.discard(node)
+                    continue
                 for key in served:
                     served[key] += metrics[key]
                 step = ConfigRecord({"round": server_round, "start": False, "chunk": cfg.chunk})

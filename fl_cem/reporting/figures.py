@@ -84,12 +84,13 @@ def plot_accuracy_vs_mse(table: Table, column: str, folder: Path) -> list[Path]:
         title = f"{execution}: accuracy vs MSE{sweeping} (Fig. 4a)"
         paths.append(_curves(rows, column, SIGMA_KEY, "σ", folder / f"fig4a_accuracy_vs_mse_sigma_{name}.png", title))
         if len({row.lam for row in rows}) >= 2:
-            paths.append(_curves(rows, column, CEM_KEY, "λ", folder / f"fig4b_accuracy_vs_mse_lambda_{name}.png", f"{execution}: accuracy vs MSE, sweeping λ (Fig. 4b)"))
+            title = f"{execution}: accuracy vs MSE, sweeping λ (Fig. 4b)"
+            paths.append(_curves(rows, column, CEM_KEY, "λ", folder / f"fig4b_accuracy_vs_mse_lambda_{name}.png", title))
     return paths
 
 
 def _curves(rows: list[Row], column: str, sweep_key: str, symbol: str, path: Path, title: str) -> Path:
-    """One line per series (rows equal but for ``sweep_key``), points in order of its value."""
+    """One line per series (rows equal but for ``sweep_key``), points in order of its value, ends labelled."""
     series: dict[str, list[tuple[float, Row]]] = {}
     for row in rows:
         value = row.lam if sweep_key == CEM_KEY else row.other.get(sweep_key)
@@ -106,9 +107,10 @@ def _curves(rows: list[Row], column: str, sweep_key: str, symbol: str, path: Pat
         xerr = [_zero_nan(p[1].std.get(column, math.nan)) for p in points]
         yerr = [100 * _zero_nan(p[1].std.get("accuracy", math.nan)) for p in points]
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=2, label=label)
-        for (value, _), x, y in zip(points, xs, ys):
+        for end in sorted({0, len(points) - 1}):
+            value = points[end][0]
             if not math.isnan(value):
-                ax.annotate(f"{symbol}={value:g}", (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
+                ax.annotate(f"{symbol}={value:g}", (xs[end], ys[end]), fontsize=6, textcoords="offset points", xytext=(3, 3))
     ax.set_xlabel(_pretty(column))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)

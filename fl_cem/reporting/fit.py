@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
-
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -30,11 +29,11 @@ class ExpFit:
     """Pearson correlation of ``x`` and ``y``."""
     n: int
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         return np.exp(self.log_scale + self.rate * np.asarray(x, dtype=float))
 
 
-def exponential_fit(x: Sequence[float], y: Sequence[float]) -> ExpFit:
+def exponential_fit(x: ArrayLike, y: ArrayLike) -> ExpFit:
     """Fit ``y = a exp(b x)`` by least squares on ``log y``.
 
     Parameters

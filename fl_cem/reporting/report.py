@@ -143,17 +143,21 @@ def _table(table: Table, rows: list[Row], columns: list[str], with_averages: boo
         lines.append("| " + " | ".join(cells) + " |")
         last_of_block = i + 1 == len(rows) or rows[i + 1].other != row.other
         if last_of_block:
+            shown: tuple[list[str], dict[str, float]] | None = None
             for avg in (a for a in averages if a.other == row.other):
-                lines += _average_lines(avg, other, columns)
+                lines += _average_lines(avg, other, columns, with_baseline=shown != (avg.methods, avg.without))
+                shown = (avg.methods, avg.without)
     return lines
 
 
-def _average_lines(avg: Average, other: list[str], columns: list[str]) -> list[str]:
+def _average_lines(avg: Average, other: list[str], columns: list[str], with_baseline: bool) -> list[str]:
+    """The w/o, w/ and gain lines; the w/o line only when it differs from the one just above (several lambdas)."""
     n = f"{len(avg.methods)} method" + ("s" if len(avg.methods) != 1 else "")
     fixed = [*(str(avg.other[k]) for k in other), n]
-    out = []
-    for label, cem, values in (("**Average w/o CEM**", "—", avg.without), ("**Average w/ CEM**", avg.cem, avg.with_cem)):
-        out.append("| " + " | ".join([label, cem, *fixed, *(_number(c, values.get(c)) for c in columns)]) + " |")
+    lines = [("**Average w/ CEM**", avg.cem, avg.with_cem)]
+    if with_baseline:
+        lines.insert(0, ("**Average w/o CEM**", "—", avg.without))
+    out = ["| " + " | ".join([label, cem, *fixed, *(_number(c, values.get(c)) for c in columns)]) + " |" for label, cem, values in lines]
     out.append("| " + " | ".join(["**Gain**", avg.cem, *fixed, *(_gain(c, avg.gain.get(c)) for c in columns)]) + " |")
     return out
 

@@ -4,10 +4,11 @@ A row is one setting run with several seeds: mean and sample standard deviation 
 with n stated (airbench's "mean over n trials"). Which config keys make a row is read from the
 runs themselves, so the report works for any grid:
 
-- the **method** is ``defense.name`` together with every key that is a function of it (e.g.
-  ``model.bottleneck = 0`` and ``noise.sigma = 0`` of the No_defense row);
+- the **method** is ``defense.name`` together with every key that is a function of it within
+  each execution (e.g. ``model.bottleneck = 0`` and ``noise.sigma = 0`` of the No_defense row,
+  or a warm-up step count that differs between centralized and federated runs);
 - the **CEM setting** is ``cem.lambda`` (off when 0, Eq. 8) with the keys that are a function of
-  it (e.g. ``cem.variant`` set only with lambda > 0);
+  it within each execution (e.g. ``cem.variant`` set only with lambda > 0);
 - every other key that varies (``noise.sigma`` of Fig. 4, ``model.cut``) is a column of its own;
   keys that are a function of the execution (clients, partitioner) are its label's business.
 
@@ -105,13 +106,13 @@ def assign_roles(records: Sequence[RunRecord]) -> Roles:
     configs = [r.config for r in records]
     keys = [k for k in configs[0] if k not in IGNORED_KEYS] if configs else []
     varying = [k for k in keys if len({_hashable(c.get(k)) for c in configs}) > 1]
-    by_execution = [k for k in varying if _depends_on(configs, k, [r.execution for r in records])]
-    method = [METHOD_KEY] + [
-        k for k in varying if k not in (METHOD_KEY, CEM_KEY) and k not in by_execution and _depends_on(configs, k, [c.get(METHOD_KEY) for c in configs])
-    ]
-    cem = [CEM_KEY] + [
-        k for k in varying if k not in method and k != CEM_KEY and k not in by_execution and _depends_on(configs, k, [c.get(CEM_KEY) for c in configs])
-    ]
+    executions = [r.execution for r in records]
+    by_execution = [k for k in varying if _depends_on(configs, k, executions)]
+    candidates = [k for k in varying if k not in (METHOD_KEY, CEM_KEY) and k not in by_execution]
+    by_method = list(zip(executions, (c.get(METHOD_KEY) for c in configs)))
+    method = [METHOD_KEY] + [k for k in candidates if _depends_on(configs, k, by_method)]
+    by_cem = list(zip(executions, (c.get(CEM_KEY) for c in configs)))
+    cem = [CEM_KEY] + [k for k in candidates if k not in method and _depends_on(configs, k, by_cem)]
     other = [k for k in varying if k not in method and k not in cem and k not in by_execution]
     return Roles(tuple(method), tuple(cem), tuple(other))
 
@@ -242,7 +243,7 @@ def _row_key(record: RunRecord, roles: Roles) -> tuple[Hashable, ...]:
     return (record.execution, *(_hashable(record.config.get(k)) for k in keys))
 
 
-def _depends_on(configs: Sequence[dict[str, Any]], key: str, by: Sequence[Any]) -> bool:
+def _depends_on(configs: Sequence[dict[str, Any]], key: str, by: Sequence[Hashable]) -> bool:
     """Whether ``key`` takes one value per value of ``by`` (a function of it) while ``by`` varies."""
     seen: dict[Hashable, Hashable] = {}
     for config, value in zip(configs, by):

@@ -19,7 +19,7 @@ from fl_cem.models.split import complexity
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line, progress
 from fl_cem.reporting.run_dir import RunDir, atomic_torch_save, environment, git_commit
-from fl_cem.training.setup import build_client, build_model, build_server, lr_at, resolve_device, set_lr
+from fl_cem.training.setup import build_client, build_model, build_server, lr_at, resolve_device, set_lr, train_loader
 from fl_cem.training.step import ClientParts, batch_seed, evaluate, smashed_features, train_step
 
 EpochHook = Callable[[int, dict[str, Any]], None]
@@ -59,9 +59,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
     sizes = {"encoder": complexity(model.encoder, model.input_shape), "decoder": complexity(model.decoder, model.smashed_shape)}
     client = build_client(cfg, model, splits.num_classes, len(splits.train), device)
     server = build_server(cfg, model, device)
-    train_loader = BatchLoader(
-        splits.train, cfg.train.batch_size, device, shuffle=True, augment=cfg.data.augment, flip=splits.natural, seed=cfg.run.seed
-    )
+    batches = train_loader(splits.train, cfg, splits.natural, device, cfg.run.seed)
     history: list[dict[str, Any]] = []
     start = 0
     if cfg.run.resume and run.checkpoint_path.is_file():
@@ -88,16 +86,15 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
             lr = lr_at(cfg.train, epoch, cfg.train.epochs)
             set_lr(client.optimizer, lr)
             set_lr(server.optimizer, lr)
-            train_loader.set_epoch(epoch)
+            batches.set_epoch(epoch)
             tick = time.perf_counter()
             sums: dict[str, torch.Tensor] = {}
-            batches = progress(train_loader, f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(train_loader))
-            for i, (x, y) in enumerate(batches):
+            for i, (x, y) in enumerate(progress(batches, f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches))):
                 metrics = train_step(client, server, x, y, batch_seed(cfg.run.seed, epoch, i))
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0) + value.detach().double()
             train_time = time.perf_counter() - tick
-            record = {"epoch": epoch + 1, "lr": lr, "train_time_s": train_time, **epoch_train_metrics(sums, len(train_loader))}
+            record = {"epoch": epoch + 1, "lr": lr, "train_time_s": train_time, **epoch_train_metrics(sums, len(batches))}
             record["val"] = evaluate(client.encoder, client.defense, server.decoder, iter(eval_loader(splits.val, cfg, device)), cfg.noise.sigma, cfg.run.seed)
             record["test"] = evaluate(client.encoder, client.defense, server.decoder, iter(eval_loader(splits.test, cfg, device)), cfg.noise.sigma, cfg.run.seed)
             refit = not cfg.cem.enabled or (epoch + 1) % cfg.cem.refit_every == 0

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fl_cem.cem import ConditionalEntropy
 from fl_cem.config import Config, TrainConfig
+from fl_cem.data import BatchLoader, ImageSet
 from fl_cem.defenses.base import Shapes
 from fl_cem.defenses.registry import get_defense
 from fl_cem.models.split import SplitModel, build_split_model
@@ -51,6 +52,26 @@ def lr_at(cfg: TrainConfig, epoch: int, total_epochs: int) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def train_loader(data: ImageSet, cfg: Config, natural: bool, device: torch.device, seed: int, indices: Tensor | None = None) -> BatchLoader:
+    """Shuffled, augmented training batches, the same for centralized training and every client.
+
+    A trailing batch of a single image is dropped (one image per epoch, a different one each
+    epoch): batch norm cannot normalise one sample on a 1x1 map, which the deep VGG layers see.
+    """
+    size = len(data) if indices is None else len(indices)
+    return BatchLoader(
+        data,
+        cfg.train.batch_size,
+        device,
+        shuffle=True,
+        augment=cfg.data.augment,
+        flip=natural,
+        seed=seed,
+        drop_last=size % cfg.train.batch_size == 1,
+        indices=indices,
+    )
 
 
 def build_client(cfg: Config, model: SplitModel, num_classes: int, dataset_size: int, device: torch.device) -> ClientParts:

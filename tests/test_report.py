@@ -1,0 +1,198 @@
+"""Reports: the exponential fit, means over seeds, paired averages and gains, the written files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fl_cem.reporting.collect import RunRecord
+from fl_cem.reporting.fit import exponential_fit
+from fl_cem.reporting.report import write_report
+from fl_cem.reporting.table import build_table, mean_std
+
+
+def record(method: str, lam: float, seed: int, execution: str = "centralized", sigma: float = 0.025, **values: float) -> RunRecord:
+    config = {"defense.name": method, "cem.lambda": lam, "run.seed": seed, "noise.sigma": sigma}
+    return RunRecord(f"{execution}_{method}_{lam:g}_{seed}", execution, "done", config, dict(values))
+
+
+def test_exponential_fit_recovers_rate_scale_and_perfect_correlation() -> None:
+    # Prepare: MSE = 0.5 exp(0.004 H) on H in [-1000, -800], exactly
+    x = np.linspace(-1000, -800, 9)
+    y = 0.5 * np.exp(0.004 * x)
+
+    # Execute
+    fit = exponential_fit(x, y)
+
+    # Assert
+    assert fit.rate == pytest.approx(0.004, rel=1e-9)
+    assert fit.log_scale == pytest.approx(math.log(0.5), abs=1e-7)
+    assert fit.r_log == pytest.approx(1.0, abs=1e-12)
+    assert fit.n == 9
+    assert fit(np.array([-900.0]))[0] == pytest.approx(0.5 * math.exp(-3.6), rel=1e-9)
+
+
+def test_exponential_fit_with_multiplicative_noise_stays_close_and_strongly_correlated() -> None:
+    # Prepare: a decreasing relation, log-normal scatter of 2 %
+    rng = np.random.default_rng(0)
+    x = np.linspace(-50, 50, 40)
+    y = 0.02 * np.exp(-0.03 * x) * np.exp(rng.normal(0, 0.02, size=x.shape))
+
+    # Execute
+    fit = exponential_fit(x, y)
+
+    # Assert: slope within 2 % of -0.03 (its standard error: 0.02 / (sqrt(40) * 29.6) = 1.1e-4, 0.4 %);
+    # on the log scale the points are nearly a line, on the linear scale the curvature weakens r
+    assert fit.rate == pytest.approx(-0.03, rel=0.02)
+    assert math.exp(fit.log_scale) == pytest.approx(0.02, rel=0.02)
+    assert fit.r_log < -0.999
+    assert fit.r_log < fit.r_linear < -0.9
+
+
+def test_exponential_fit_of_unrelated_points_has_zero_rate_and_correlation() -> None:
+    # Prepare: log y = 1, -1, -1, 1 against x = 1..4: the x deviations -1.5, -.5, .5, 1.5 weight them to 0
+    x = [1.0, 2.0, 3.0, 4.0]
+    y = list(np.exp([1.0, -1.0, -1.0, 1.0]))
+
+    # Execute
+    fit = exponential_fit(x, y)
+
+    # Assert
+    assert fit.rate == pytest.approx(0.0, abs=1e-12)
+    assert fit.r_log == pytest.approx(0.0, abs=1e-12)
+    assert fit.log_scale == pytest.approx(0.0, abs=1e-12)
+
+
+def test_exponential_fit_refuses_non_positive_mse() -> None:
+    with pytest.raises(ValueError, match="y > 0"):
+        exponential_fit([0.0, 1.0, 2.0], [0.1, 0.0, 0.2])
+
+
+def test_mean_std_is_sample_deviation_and_undefined_for_one_seed() -> None:
+    # Execute
+    mean, std = mean_std([0.1, 0.3])
+    single_mean, single_std = mean_std([0.7])
+
+    # Assert: sqrt((0.1^2 + 0.1^2) / (2 - 1)) = 0.141421...
+    assert (mean, std) == (pytest.approx(0.2), pytest.approx(0.1414213562))
+    assert single_mean == 0.7 and math.isnan(single_std)
+
+
+def hand_made() -> list[RunRecord]:
+    """Two defenses without and with CEM over two seeds, and a No_defense row without a CEM twin."""
+    rows: list[tuple[str, float, list[tuple[float, float, float]]]] = [
+        ("A", 0.0, [(0.80, 0.010, 0.020), (0.90, 0.014, 0.020)]),
+        ("A", 16.0, [(0.84, 0.015, 0.022), (0.86, 0.017, 0.026)]),
+        ("B", 0.0, [(0.70, 0.030, 0.040), (0.70, 0.034, 0.040)]),
+        ("B", 16.0, [(0.72, 0.036, 0.044), (0.66, 0.040, 0.048)]),
+    ]
+    records = [
+        record(method, lam, seed, accuracy=acc, decoder_train_mse=train, decoder_infer_mse=infer)
+        for method, lam, seeds in rows
+        for seed, (acc, train, infer) in enumerate(seeds)
+    ]
+    records.append(record("none", 0.0, 0, sigma=0.0, accuracy=0.95, decoder_train_mse=0.001, decoder_infer_mse=0.001))
+    return records
+
+
+def test_rows_average_seeds_and_the_method_absorbs_keys_that_follow_the_defense() -> None:
+    # Execute
+    table = build_table(hand_made())
+
+    # Assert: noise.sigma is 0 only for "none", so it is part of the method, not a column
+    assert table.roles.method == ("defense.name", "noise.sigma") and table.roles.other == ()
+    assert [(r.label, r.n) for r in table.rows] == [("A", 2), ("A+CEM", 2), ("B", 2), ("B+CEM", 2), ("none", 1)]
+    a_off = table.rows[0]
+    assert a_off.mean["accuracy"] == pytest.approx(0.85) and a_off.std["accuracy"] == pytest.approx(0.0707106781)
+    assert a_off.mean["decoder_train_mse"] == pytest.approx(0.012) and a_off.std["decoder_infer_mse"] == pytest.approx(0.0)
+    assert math.isnan(table.rows[4].std["accuracy"])
+
+
+def test_averages_pair_methods_and_gains_match_hand_computation() -> None:
+    # Execute
+    (average,) = build_table(hand_made()).averages
+
+    # Assert: A and B only ("none" has no CEM row). Row means:
+    #   off: acc 0.85, 0.70; train 0.012, 0.032; infer 0.020, 0.040
+    #   on:  acc 0.85, 0.69; train 0.016, 0.038; infer 0.024, 0.046
+    assert average.methods == ["A", "B"]
+    assert average.without == pytest.approx({"accuracy": 0.775, "decoder_train_mse": 0.022, "decoder_infer_mse": 0.030})
+    assert average.with_cem == pytest.approx({"accuracy": 0.770, "decoder_train_mse": 0.027, "decoder_infer_mse": 0.035})
+    # accuracy: difference -0.005; MSE: relative 0.005 / 0.022 and 0.005 / 0.030
+    assert average.gain == pytest.approx({"accuracy": -0.005, "decoder_train_mse": 0.005 / 0.022, "decoder_infer_mse": 0.005 / 0.030})
+    assert average.gain_train_mse == pytest.approx(0.2272727) and average.gain_infer_mse == pytest.approx(0.1666667)
+
+
+PAPER_TABLE1 = {
+    # method: (without CEM, with CEM), each (Acc., Dec. train, Dec. infer, GAN train, GAN infer)
+    "bottleneck": ((90.87, 0.0036, 0.0041, 0.0039, 0.0045), (90.69, 0.0054, 0.0058, 0.0076, 0.0080)),
+    "distcorr": ((89.52, 0.0074, 0.0082, 0.0079, 0.0088), (89.80, 0.0090, 0.0093, 0.0094, 0.0096)),
+    "dropout": ((87.75, 0.0098, 0.0104, 0.0099, 0.0111), (87.53, 0.0129, 0.0134, 0.0132, 0.0142)),
+    "patrol": ((89.58, 0.0245, 0.0293, 0.0257, 0.0307), (89.67, 0.0304, 0.0335, 0.0313, 0.0347)),
+    "ressfl": ((89.68, 0.0146, 0.0240, 0.0158, 0.0243), (90.11, 0.0201, 0.0251, 0.0229, 0.0273)),
+    "noise_nopeek": ((87.19, 0.0152, 0.0159, 0.0156, 0.0165), (87.08, 0.0174, 0.0174, 0.0173, 0.0178)),
+    "noise_arl": ((87.78, 0.0290, 0.0336, 0.0304, 0.0342), (87.62, 0.0330, 0.0355, 0.0341, 0.0363)),
+}
+COLUMNS = ("accuracy", "decoder_train_mse", "decoder_infer_mse", "gan_train_mse", "gan_infer_mse")
+
+
+def test_paper_table1_rows_reproduce_its_average_rows() -> None:
+    # Prepare: the paper's rows, No_defense included (it has no CEM twin)
+    records = [record("none", 0.0, 0, accuracy=0.9186, decoder_train_mse=0.0013, decoder_infer_mse=0.0014, gan_train_mse=0.0014, gan_infer_mse=0.0016)]
+    for method, pair in PAPER_TABLE1.items():
+        for lam, numbers in zip((0.0, 16.0), pair):
+            values = dict(zip(COLUMNS, (numbers[0] / 100, *numbers[1:])))
+            records.append(record(method, lam, 0, **values))
+
+    # Execute
+    (average,) = build_table(records).averages
+
+    # Assert: "Average w/o CEM 88.91 0.0148 0.0179 0.0156 0.0185", "w/ CEM 88.92 0.0183 0.0200 0.0194 0.0211"
+    # (the paper truncates: 0.014871 is printed 0.0148); gains 24.0 % / 12.9 % from its printed averages,
+    # 23.8 % / 12.6 % from the exact ones
+    printed_off = (0.8891, 0.0148, 0.0179, 0.0156, 0.0185)
+    printed_on = (0.8892, 0.0183, 0.0200, 0.0194, 0.0211)
+    assert len(average.methods) == 7
+    for column, off, on in zip(COLUMNS, printed_off, printed_on):
+        assert average.without[column] == pytest.approx(off, abs=1e-4)
+        assert average.with_cem[column] == pytest.approx(on, abs=1e-4)
+    assert average.gain_train_mse == pytest.approx(0.240, abs=0.003)
+    assert average.gain_infer_mse == pytest.approx(0.129, abs=0.004)
+
+
+def write_run(folder: Path, kind: str, config: dict[str, Any], final: dict[str, Any], mse: float) -> None:
+    folder.mkdir(parents=True)
+    attack = {"attack": "decoder", "mode": "train", "victim": "v", "metrics": {"mse": mse, "psnr": 20.0, "ssim": 0.5}, "time_s": 1.0}
+    (folder / "results.json").write_text(json.dumps({"kind": kind, "config": config, "final": final, "attacks": [attack]}))
+
+
+def test_report_of_plain_run_folders_puts_centralized_and_federated_side_by_side(tmp_path: Path) -> None:
+    # Prepare: the same two settings run centrally and federated, as folders without a sweep manifest
+    for lam, acc, mse, hxz in ((0.0, 0.9, 0.010, -900.0), (16.0, 0.88, 0.015, -850.0)):
+        config = {"defense.name": "bottleneck", "cem.lambda": lam, "run.seed": 0}
+        write_run(tmp_path / f"c{lam:g}", "centralized", config, {"test_accuracy": acc, "cem": {"hxz_relative": hxz}}, mse)
+        fed = {"test_accuracy_mean": acc - 0.1, "cem": {"mean_hxz_relative": hxz - 10, "global_hxz_relative": hxz - 5}}
+        write_run(tmp_path / f"f{lam:g}", "federated", config, fed, 2 * mse)
+
+    # Execute
+    report = write_report(tmp_path)
+
+    # Assert
+    assert [(r["execution"], r["label"]) for r in report["rows"]] == [
+        ("centralized", "bottleneck"),
+        ("centralized", "bottleneck+CEM"),
+        ("federated", "bottleneck"),
+        ("federated", "bottleneck+CEM"),
+    ]
+    federated_cem = report["rows"][3]["mean"]
+    assert federated_cem["accuracy"] == pytest.approx(0.78) and federated_cem["decoder_train_mse"] == pytest.approx(0.030)
+    assert federated_cem["hxz_relative"] == -860.0 and federated_cem["global_hxz_relative"] == -855.0
+    assert [a["gain"]["decoder_train_mse"] for a in report["averages"]] == [pytest.approx(0.5), pytest.approx(0.5)]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Centralized and federated side by side" in markdown
+    assert "| bottleneck+CEM | λ=16 | 88.00 | 0.0150 | 78.00 | 0.0300 |" in markdown
