@@ -74,7 +74,6 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
             return {
                 "config": {"status": "done"},
                 "metrics": metric_record(metrics),
-                "cem": metric_record(client.cem_report(client.cfg.run.seed + int(config["round"]))),
                 "encoder": to_record(client.parts.encoder.state_dict()),
                 "state": pack_state(client.state()),
             }
@@ -84,8 +83,9 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
 
     @handler
     def evaluate_test(message: Message, client: SplitClient) -> dict[str, Any]:
-        z, y = client.evaluate("test", int(message.content["config"]["seed"]))
-        return {"smashed": to_record({"z": z, "y": y})}
+        seed = int(message.content["config"]["seed"])
+        z, y = client.evaluate("test", seed)
+        return {"smashed": to_record({"z": z, "y": y}), "cem": metric_record(client.cem_report(seed))}
 
     def restore(message: Message, context: Context) -> Message:
         context.state[STATE_KEY] = message.content["state"]

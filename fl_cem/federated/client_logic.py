@@ -203,6 +203,8 @@ class SplitClient:
         """Local bound; with lambda = 0 the mixture is fitted here, for measurement only."""
         if not self.cfg.cem.enabled or not self.cem.fitted:
             z, y = self.fittable_features()
+            if not len(y):
+                return {}  # no class with k samples here: nothing to fit, nothing to report
             self.cem.refit(z, y, torch.Generator().manual_seed(seed))
         return self.cem.report(math.prod(self.splits.shape), self.splits.pixel_var)
 

@@ -8,6 +8,7 @@ and ClientApp through Flower's simulation engine, with the config passed as over
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from fl_cem.config import Config
@@ -29,7 +30,11 @@ def run_federated(cfg: Config, num_clients: int | None = None, client_cpus: floa
     from fl_cem.server_app import make_server_app
 
     clients = num_clients or cfg.partition.num_partitions
-    overrides = {**cfg.to_flat(), "partition.num-partitions": clients}
+    # Ray workers need not share this process's working directory: pass absolute paths.
+    absolute = {"run.output-dir": str(Path(cfg.run.output_dir).resolve())}
+    if cfg.data.root:
+        absolute["data.root"] = str(Path(cfg.data.root).expanduser().resolve())
+    overrides = {**cfg.to_flat(), **absolute, "partition.num-partitions": clients}
     run_simulation(
         server_app=make_server_app(overrides),
         client_app=make_client_app(overrides, mods=mods),

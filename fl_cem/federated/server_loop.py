@@ -55,6 +55,8 @@ class Exchange:
     timeout: float
     log: Callable[[str], None]
     in_flight: dict[str, tuple[int, float]] = field(default_factory=dict)
+    replies: int = 0
+    round_trip_s: float = 0.0
 
     def send(self, messages: Iterable[Message]) -> None:
         messages = list(messages)
@@ -65,9 +67,12 @@ class Exchange:
     def receive(self) -> tuple[list[Message], list[int]]:
         """Replies that arrived, and nodes whose message ran past the deadline (dropped)."""
         replies = list(self.grid.pull_messages(list(self.in_flight))) if self.in_flight else []
-        for reply in replies:
-            self.in_flight.pop(reply.metadata.reply_to_message_id, None)
         now = time.monotonic()
+        for reply in replies:
+            sent = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
+            if sent is not None:
+                self.replies += 1
+                self.round_trip_s += now - sent[1]
         expired = [msg_id for msg_id, (_, sent) in self.in_flight.items() if now - sent > self.timeout]
         late = [self.in_flight.pop(msg_id)[0] for msg_id in expired]
         for node in late:
@@ -215,6 +220,8 @@ class FederatedRun:
         waiting: dict[int, Message] = {}
         done: list[Message] = []
         served = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        serving = 0.0
+        replies_before, trips_before = self.exchange.replies, self.exchange.round_trip_s
         while active:
             replies, late = self.exchange.receive()
             active.difference_update(late)
@@ -235,6 +242,7 @@ class FederatedRun:
                     active.discard(node)
                     continue
                 data = from_record(reply.content["smashed"])
+                tick = time.perf_counter()
                 try:
                     grads, metrics = self.server.serve(
                         data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), int(meta["partition_id"]), server_round, list(meta["batches"])
@@ -243,6 +251,7 @@ class FederatedRun:
                     self.log(f"round {server_round}: smashed data from node {node} could not be served ({err}); client left out of this round")
                     active.discard(node)
                     continue
+                serving += time.perf_counter() - tick
                 for key in served:
                     served[key] += metrics[key]
                 step = ConfigRecord({"round": server_round, "start": False, "chunk": cfg.chunk})
@@ -253,7 +262,14 @@ class FederatedRun:
                 f"round {server_round}: {len(done)} clients finished, federated.min-clients is {self.cfg.federated.min_clients}"
             )
         count = max(served["count"], 1.0)
-        return done, {"train_loss": served["loss_sum"] / count, "train_accuracy": served["correct"] / count}
+        messages = self.exchange.replies - replies_before
+        return done, {
+            "train_loss": served["loss_sum"] / count,
+            "train_accuracy": served["correct"] / count,
+            "messages": float(messages),
+            "round_trip_mean_s": (self.exchange.round_trip_s - trips_before) / max(messages, 1),
+            "server_compute_s": serving,
+        }
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -284,10 +300,9 @@ class FederatedRun:
                 for reply in done:
                     self.client_states[int(reply.content["config"]["partition_id"])] = bytes(reply.content["state"]["blob"])
                 train_time = time.perf_counter() - tick
-                eval_config = ConfigRecord({"seed": cfg.run.seed})
-                evaluation = self.strategy.aggregate_evaluate(
-                    server_round, self.gather_sorted(self.strategy.configure_evaluate(server_round, self.global_encoder, eval_config, self.grid))
-                )
+                eval_config = ConfigRecord({"seed": cfg.run.seed + server_round})
+                eval_replies = self.gather_sorted(self.strategy.configure_evaluate(server_round, self.global_encoder, eval_config, self.grid))
+                evaluation = self.strategy.aggregate_evaluate(server_round, eval_replies)
                 record = {
                     "round": server_round,
                     "train_time_s": train_time,
@@ -295,7 +310,7 @@ class FederatedRun:
                     **train_metrics,
                     "client": dict(client_metrics or {}),
                     "test": dict(evaluation or {}),
-                    "cem": self.cem_summary(done),
+                    "cem": self.cem_summary(eval_replies),
                 }
                 self.history.append(record)
                 self.save(server_round + 1)
@@ -308,16 +323,16 @@ class FederatedRun:
         self.run_dir.write_results(results)
         return results
 
-    def cem_summary(self, done: list[Message]) -> dict[str, float]:
-        """Per-client bounds, their mean, and the bound of the merged (global) mixture."""
+    def cem_summary(self, replies: list[Message]) -> dict[str, float]:
+        """Per-client bounds (reported with the evaluation), their mean, and the merged mixture's."""
         out: dict[str, float] = {}
-        per_client = {int(r.content["config"]["partition_id"]): dict(r.content["cem"]) for r in done}
+        per_client = {int(r.content["config"]["partition_id"]): dict(r.content["cem"]) for r in replies}
         for pid, report in sorted(per_client.items()):
-            out[f"client_{pid}_hxz_relative"] = float(report.get("hxz_relative", float("nan")))
-        if per_client:
-            keys = next(iter(per_client.values())).keys()
-            for key in keys:
-                out[f"mean_{key}"] = sum(float(r[key]) for r in per_client.values()) / len(per_client)
+            if "hxz_relative" in report:
+                out[f"client_{pid}_hxz_relative"] = float(report["hxz_relative"])
+        for key in sorted({key for report in per_client.values() for key in report}):
+            values = [float(r[key]) for r in per_client.values() if key in r]
+            out[f"mean_{key}"] = sum(values) / len(values)
         if self.mixture is not None:
             total = int(self.mixture.counts.sum())
             merged = ConditionalEntropy(self.cfg.cem, self.cfg.noise.sigma, self.num_classes, total)

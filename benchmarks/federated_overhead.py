@@ -1,0 +1,114 @@
+"""What federating costs: epoch wall time federated (N = 1, N = 10) over centralized, message
+round trips, where the time goes, and peak memory of all processes at N = 10 and N = 100.
+
+Usage: ``python benchmarks/federated_overhead.py [--clients 1 10] [--memory-clients 10 100]``
+
+All in one process, side by side, on the same data and model: the embedded digits (the whole
+training split, divided among the clients) and VGG11 split after conv 2 with the bottleneck,
+batch 16, lambda = 0, one epoch (federated: one round of one local epoch; ``lockstep`` order,
+chunk 1, i.e. exact split learning with one message per batch). The federated time is the
+round's training phase measured by the server (Ray start-up and node discovery excluded, as
+both are paid once per run); the centralized time is the epoch's training loop. Peak memory is
+the largest sum of resident set sizes of this process and every Ray process, sampled every
+0.2 s. Prints and writes ``benchmarks/results/federated_overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+
+from fl_cem.config import Config
+from fl_cem.federated.launch import run_federated
+from fl_cem.reporting.run_dir import atomic_write_bytes, environment
+from fl_cem.training.centralized import train_centralized
+
+RESULTS = Path(__file__).parent / "results" / "federated_overhead.json"
+BASE = {"train.batch-size": 16, "train.epochs": 1, "federated.rounds": 1, "federated.local-epochs": 1, "cem.lambda": 0.0, "run.device": "cpu"}
+
+
+def total_rss_mib() -> float:
+    """Resident memory of this process and every Ray process (workers, actors, raylet, GCS)."""
+    total = 0
+    mine = str(Path("/proc/self").resolve().name)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if proc.name != mine and b"ray" not in cmdline:
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+class PeakMemory:
+    """Samples :func:`total_rss_mib` in a thread while the block runs."""
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, total_rss_mib())
+            time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--memory-clients", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--chunk", type=int, default=1, help="batches per message (1 = exact)")
+    parser.add_argument("--order", default="lockstep", choices=["lockstep", "arrival"])
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    BASE.update({"federated.chunk": args.chunk, "federated.order": args.order})
+    torch.set_num_threads(1)
+    out: dict[str, object] = {"environment": environment(), "setting": BASE}
+    with TemporaryDirectory() as tmp:
+        cfg = Config.from_flat({**BASE, "run.output-dir": tmp, "run.name": "centralized"})
+        central = train_centralized(cfg, log=lambda _: None)["epochs"][0]["train_time_s"]
+        out["centralized_epoch_s"] = central
+        print(f"centralized epoch: {central:.2f} s")
+        for n in sorted(set(args.clients) | set(args.memory_clients)):
+            cfg = Config.from_flat({**BASE, "run.output-dir": tmp, "run.name": f"fed{n}", "partition.num-partitions": n})
+            with PeakMemory() as memory:
+                round_ = run_federated(cfg, n)["rounds"][0]
+            row = {
+                "epoch_s": round_["train_time_s"],
+                "ratio_to_centralized": round_["train_time_s"] / central,
+                "messages": round_["messages"],
+                "round_trip_mean_ms": 1000 * round_["round_trip_mean_s"],
+                "server_compute_s": round_["server_compute_s"],
+                "peak_rss_mib_all_processes": memory.peak,
+            }
+            out[f"federated_{n}"] = row
+            print(
+                f"federated N={n}: epoch {row['epoch_s']:.2f} s (x{row['ratio_to_centralized']:.2f} centralized), "
+                f"{row['messages']:.0f} messages, round trip {row['round_trip_mean_ms']:.0f} ms, "
+                f"server compute {row['server_compute_s']:.2f} s, peak memory {memory.peak:.0f} MiB"
+            )
+    atomic_write_bytes(Path(args.out), json.dumps(out, indent=2).encode())
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
