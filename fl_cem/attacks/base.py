@@ -39,6 +39,10 @@ class Attack:
         self.smashed_shape = smashed_shape
         self.device = device
         self.seed = seed
+        self.setup()
+
+    def setup(self) -> None:
+        """Build the attack's networks and optimizers; subclasses override this, not ``__init__``."""
 
     def fit(self, aux_images: Tensor, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
         """Train the inversion model on auxiliary images; returns final training metrics."""

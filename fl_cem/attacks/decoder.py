@@ -13,29 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fl_cem.attacks.base import Attack, SmashFn
+from fl_cem.attacks.base import Attack
 from fl_cem.attacks.common import EpochCallback, Stream, as_images, map_batches, seeded, shuffled_batches
 from fl_cem.attacks.networks import decoding_network
 from fl_cem.attacks.registry import register_attack
-from fl_cem.config import AttackConfig
 
 
 @register_attack("decoder")
 class DecoderAttack(Attack):
     """Learned inverse z -> x trained with Adam on the pixel MSE (paper S.9: 50 epochs, lr 0.005)."""
 
-    def __init__(
-        self,
-        cfg: AttackConfig,
-        smash: SmashFn,
-        input_shape: tuple[int, int, int],
-        smashed_shape: tuple[int, int, int],
-        device: torch.device,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(cfg, smash, input_shape, smashed_shape, device, seed)
-        with seeded(seed, Stream.INIT, device):
-            self.net = decoding_network(smashed_shape, input_shape).to(device)
+    def setup(self) -> None:
+        with seeded(self.seed, Stream.INIT, self.device):
+            self.net = decoding_network(self.smashed_shape, self.input_shape).to(self.device)
 
     @property
     def epochs(self) -> int:

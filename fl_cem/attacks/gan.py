@@ -14,12 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fl_cem.attacks.base import SmashFn
 from fl_cem.attacks.common import Stream, seeded, shuffled_batches
 from fl_cem.attacks.decoder import DecoderAttack
 from fl_cem.attacks.networks import critic
 from fl_cem.attacks.registry import register_attack
-from fl_cem.config import AttackConfig
 
 GRADIENT_PENALTY = 10.0
 """Weight of the WGAN-GP gradient penalty (Gulrajani et al. 2017; Zhang et al. 2020 use it too)."""
@@ -52,19 +50,11 @@ def gradient_penalty(score: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
 class GanAttack(DecoderAttack):
     """Decoding network trained adversarially against a critic plus a weighted pixel MSE."""
 
-    def __init__(
-        self,
-        cfg: AttackConfig,
-        smash: SmashFn,
-        input_shape: tuple[int, int, int],
-        smashed_shape: tuple[int, int, int],
-        device: torch.device,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(cfg, smash, input_shape, smashed_shape, device, seed)
-        with seeded(seed, Stream.CRITIC_INIT, device):
-            self.critic = critic(input_shape).to(device)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+    def setup(self) -> None:
+        super().setup()
+        with seeded(self.seed, Stream.CRITIC_INIT, self.device):
+            self.critic = critic(self.input_shape).to(self.device)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.cfg.lr, betas=ADAM_BETAS)
         self._batches_seen = 0
 
     @property

@@ -18,10 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fl_cem.attacks.base import Attack, SmashFn
+from fl_cem.attacks.base import Attack
 from fl_cem.attacks.common import EpochCallback, Stream, as_images, seeded
 from fl_cem.attacks.registry import register_attack
-from fl_cem.config import AttackConfig
 
 GRAY = 0.5
 """Starting pixel value before :meth:`RmleAttack.fit` has seen auxiliary images: mid-gray."""
@@ -38,17 +37,8 @@ def total_variation(x: Tensor) -> Tensor:
 class RmleAttack(Attack):
     """Per-observation image search: Adam on sigmoid-parametrised pixels against feature MSE + TV."""
 
-    def __init__(
-        self,
-        cfg: AttackConfig,
-        smash: SmashFn,
-        input_shape: tuple[int, int, int],
-        smashed_shape: tuple[int, int, int],
-        device: torch.device,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(cfg, smash, input_shape, smashed_shape, device, seed)
-        self.start = torch.full(input_shape, GRAY, device=device)
+    def setup(self) -> None:
+        self.start = torch.full(self.input_shape, GRAY, device=self.device)
 
     def fit(self, aux_images: Tensor, on_epoch: EpochCallback | None = None) -> dict[str, float]:
         """Use the auxiliary images only as the starting point: their per-pixel mean.
