@@ -13,7 +13,8 @@ import math
 from typing import Callable, Iterable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
@@ -84,7 +85,13 @@ class SplitLearningStrategy(Strategy):
         if self.encoder_sync != "fedavg":
             return None, metrics
         records = [RecordDict({"encoder": c["encoder"], "metrics": c["metrics"]}) for c in contents]
-        return aggregate_arrayrecords(records, "num_examples"), metrics
+        average = aggregate_arrayrecords(records, "num_examples")
+        # Pruning masks (PATROL) are not weights: averaging would leave fractional masks. A
+        # weight stays only where every client kept it.
+        for key in [k for k in average if k.endswith("_mask")]:
+            stacked = np.stack([c["encoder"][key].numpy() for c in contents])
+            average[key] = Array(np.ascontiguousarray(stacked.min(axis=0)))
+        return average, metrics
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

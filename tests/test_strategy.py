@@ -1,0 +1,57 @@
+"""The split-learning strategy: reproducible sampling, SplitFed averaging, mask-safe merging."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from strategies.split_strategy import SplitLearningStrategy
+
+
+class Reply:
+    """The part of a reply Message the strategy reads (a real reply needs a running Flower run)."""
+
+    def __init__(self, content: RecordDict) -> None:
+        self.content = content
+
+    def has_content(self) -> bool:
+        return True
+
+
+def reply(weight: float, mask: list[float], examples: float) -> Reply:
+    content = RecordDict(
+        {
+            "encoder": ArrayRecord({"conv.weight": Array(np.full(2, weight, dtype=np.float32)), "conv.weight_mask": Array(np.array(mask, dtype=np.float32))}),
+            "metrics": MetricRecord({"num_examples": examples, "cem_loss": weight}),
+        }
+    )
+    return Reply(content)
+
+
+def strategy(sync: str = "fedavg", fraction: float = 1.0) -> SplitLearningStrategy:
+    return SplitLearningStrategy(fraction, sync, classify=lambda z, y: {}, clusters_per_class=1, kmeans_iters=1, seed=3)
+
+
+def test_fedavg_weights_by_examples_and_keeps_masks_binary() -> None:
+    # Prepare: weights 1 and 4 with 30 and 10 examples -> (1*30 + 4*10) / 40 = 1.75
+    replies = [reply(1.0, [1, 0], 30), reply(4.0, [1, 1], 10)]
+    # Execute
+    encoder, metrics = strategy().aggregate_train(1, replies)
+    # Assert
+    assert encoder is not None
+    np.testing.assert_allclose(encoder["conv.weight"].numpy(), [1.75, 1.75])
+    np.testing.assert_array_equal(encoder["conv.weight_mask"].numpy(), [1, 0])
+    assert metrics is not None and metrics["cem_loss"] == 1.75 and metrics["num_examples"] == 40
+
+
+def test_local_sync_returns_no_encoder() -> None:
+    encoder, _ = strategy("local").aggregate_train(1, [reply(1.0, [1, 1], 5)])
+    assert encoder is None
+
+
+def test_sampling_is_reproducible_and_sized_by_fraction() -> None:
+    nodes = list(range(100, 120))
+    first = strategy(fraction=0.25).sample(4, nodes)
+    assert len(first) == 5 and set(first) <= set(nodes)
+    assert strategy(fraction=0.25).sample(4, nodes) == first
+    assert strategy(fraction=0.25).sample(5, nodes) != first
