@@ -56,3 +56,25 @@ def test_trains_on_a_real_cifar10_subset(tmp_path: Path) -> None:
     epochs = results["epochs"]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert results["final"]["test_accuracy"] > 0.15
+
+
+def test_cem_gradient_reaches_the_encoder_only(tiny: Callable[..., Config]) -> None:
+    # Prepare: the client and server of a split model, CEM fitted on a batch
+    import torch
+
+    from fl_cem.training.setup import build_client, build_model, build_server
+    from fl_cem.training.step import smash
+
+    cfg = tiny(**{"cem.lambda": 0.01})
+    model = build_model(cfg, (1, 8, 8), 10, (0.5,), (0.25,))
+    client = build_client(cfg, model, 10, 64, torch.device("cpu"))
+    server = build_server(cfg, model, torch.device("cpu"))
+    x, y = torch.rand(64, 1, 8, 8), torch.arange(64) % 10
+    assert client.cem is not None
+    client.cem.refit(smash(client.encoder, client.defense, x, 0.0, 0)[0].detach(), y, torch.Generator().manual_seed(0))
+    # Execute
+    z_hat, _ = smash(client.encoder, client.defense, x, cfg.noise.sigma, 1)
+    client.cem.loss(z_hat, y).backward()
+    # Assert
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in client.encoder.parameters() if p.dim() > 1)
+    assert all(p.grad is None for p in server.decoder.parameters())

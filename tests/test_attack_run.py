@@ -1,0 +1,67 @@
+"""``fl-cem attack`` on finished runs: centralized checkpoints, federated wire recordings, bad folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from fl_cem.attacks.run import attack_run
+from fl_cem.cli import main
+from fl_cem.config import Config
+from fl_cem.reporting.run_dir import RunDir
+from fl_cem.training.centralized import train_centralized
+
+from .conftest import simulate
+
+FAST = {"attack.epochs": 1, "attack.batch-size": 64}
+
+
+def test_attack_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute / Assert: the message names the folder and what is missing
+    with pytest.raises(FileNotFoundError, match="has no results.json"):
+        attack_run(str(tmp_path), "decoder", "train")
+    assert main(["attack", "--run", str(tmp_path)]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_attack_refuses_a_run_without_checkpoint(tiny: Callable[..., Config]) -> None:
+    # Prepare: a finished run whose checkpoint was removed
+    cfg = tiny(**{"train.epochs": 1})
+    train_centralized(cfg, log=lambda _: None)
+    RunDir.for_config(cfg).checkpoint_path.unlink()
+    # Execute / Assert
+    with pytest.raises(FileNotFoundError, match="has no checkpoint.pt"):
+        attack_run(str(RunDir.for_config(cfg).root), "decoder", "train")
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_attack_on_a_centralized_run_appends_its_figures(tiny: Callable[..., Config], mode: str) -> None:
+    # Prepare
+    cfg = tiny(**{"train.epochs": 1})
+    train_centralized(cfg, log=lambda _: None)
+    root = RunDir.for_config(cfg).root
+    # Execute
+    outcomes = attack_run(str(root), "decoder", mode, overrides=FAST)
+    # Assert
+    recorded = json.loads((root / "results.json").read_text())["attacks"]
+    assert recorded == outcomes and len(outcomes) == 1
+    assert outcomes[0]["target_source"] == "smashed" and outcomes[0]["mode"] == mode
+    assert 0 < outcomes[0]["metrics"]["mse"] < 1
+    assert Path(outcomes[0]["grid"]).is_file()
+
+
+def test_attack_on_a_federated_run_inverts_what_the_server_recorded(tiny: Callable[..., Config]) -> None:
+    # Prepare
+    cfg = tiny(**{"run.name": "fed", "partition.num-partitions": 2, "federated.rounds": 1})
+    simulate(cfg, num_clients=2)
+    root = RunDir.for_config(cfg).root
+    # Execute: each client in turn, targets from the wire
+    outcomes = attack_run(str(root), "decoder", "train", overrides=FAST)
+    # Assert
+    assert [o["victim"] for o in outcomes] == ["client 0", "client 1"]
+    assert all(o["target_source"] == "wire" and o["targets"] > 0 for o in outcomes)
+    with pytest.raises(ValueError, match="no state for client 5"):
+        attack_run(str(root), "decoder", "train", client=5, overrides=FAST)
