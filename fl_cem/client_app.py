@@ -83,9 +83,12 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
 
     @handler
     def evaluate_test(message: Message, client: SplitClient) -> dict[str, Any]:
+        if "encoder" in message.content:
+            client.parts.encoder.load_state_dict(from_record(message.content["encoder"]))
         seed = int(message.content["config"]["seed"])
         z, y = client.evaluate("test", seed)
-        return {"smashed": to_record({"z": z, "y": y}), "cem": metric_record(client.cem_report(seed))}
+        report = metric_record(client.cem_report(seed))
+        return {"smashed": to_record({"z": z, "y": y}), "cem": report, "state": pack_state(client.state())}
 
     def restore(message: Message, context: Context) -> Message:
         context.state[STATE_KEY] = message.content["state"]

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 Scalar = bool | int | float | str
 
 
-def _key(name: str, metadata_key: str) -> dict[str, str]:
+def _key(metadata_key: str) -> dict[str, str]:
     """Field metadata for a field whose config key is not its name (``lambda`` is reserved)."""
     return {"key": metadata_key}
 
@@ -190,7 +190,7 @@ CEM_FEDERATION = ("local", "global")
 
 @dataclass(frozen=True)
 class CEMConfig:
-    lam: float = field(default=0.0, metadata=_key("lam", "lambda"))
+    lam: float = field(default=0.0, metadata=_key("lambda"))
     """Weight of the conditional-entropy loss L_C (paper: 16); 0 turns CEM off at no cost."""
     clusters_per_class: int = 3
     """Gaussian-mixture components per class (paper: k = 3n in total)."""
@@ -348,6 +348,9 @@ class FederatedConfig:
         _one_of("federated.order", self.order, SERVE_ORDERS)
 
 
+EXECUTION_KEYS = ("run.resume", "run.device", "run.output-dir")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole run configuration; build it with :meth:`from_flat` or :meth:`load`."""
@@ -432,6 +435,15 @@ class Config:
                 raise ValueError(f"config file {path} is not valid TOML: {err}") from err
         flat.update(overrides or {})
         return cls.from_flat(flat)
+
+    def differences(self, other: Mapping[str, Any]) -> list[str]:
+        """Keys whose values differ from a flat config, ignoring where and how a run executes.
+
+        ``run.resume``, ``run.device`` and ``run.output-dir`` do not change what a run computes,
+        so a checkpoint stays valid across them (a sweep moved to a GPU, an absolute path).
+        """
+        mine = {k: v for k, v in self.to_flat().items() if k not in EXECUTION_KEYS}
+        return sorted(k for k in mine if mine[k] != other.get(k))
 
     def replace(self, **flat: Any) -> Config:
         """A copy with some flat keys changed (``cfg.replace(**{"cem.lambda": 16.0})``)."""

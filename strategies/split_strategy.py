@@ -51,6 +51,12 @@ class SplitLearningStrategy(Strategy):
         self.clusters_per_class = clusters_per_class
         self.kmeans_iters = kmeans_iters
         self.seed = seed
+        self.nodes: list[int] | None = None
+        """Nodes the run has admitted (answered ``hello``); ``None`` means all of the grid's."""
+
+    def eligible(self, grid: Grid) -> list[int]:
+        """The nodes to train and evaluate: the admitted ones, or every node the grid knows."""
+        return list(self.nodes) if self.nodes is not None else sorted(grid.get_node_ids())
 
     def summary(self) -> None:
         print(f"SplitLearningStrategy(fraction_train={self.fraction_train}, encoder_sync={self.encoder_sync})")
@@ -64,7 +70,7 @@ class SplitLearningStrategy(Strategy):
     # ------------------------------------------------------------------ train
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """First ``train.step`` message of the round for each sampled node."""
-        nodes = self.sample(server_round, sorted(grid.get_node_ids()))
+        nodes = self.sample(server_round, self.eligible(grid))
         content = {"config": config}
         if self.encoder_sync == "fedavg" and len(arrays):
             content["encoder"] = arrays
@@ -95,8 +101,15 @@ class SplitLearningStrategy(Strategy):
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """Every client smashes the test split: each encoder is scored with the shared decoder."""
-        return [Message(RecordDict({"config": config}), node, "evaluate.test", group_id=str(server_round)) for node in sorted(grid.get_node_ids())]
+        """Every client smashes the test split: each encoder is scored with the shared decoder.
+
+        With SplitFed the clients first load the averaged encoder, the one the next round starts
+        from, so the figure is the federation's model rather than each client's last local one.
+        """
+        content = {"config": config}
+        if self.encoder_sync == "fedavg" and len(arrays):
+            content["encoder"] = arrays
+        return [Message(RecordDict(dict(content)), node, "evaluate.test", group_id=str(server_round)) for node in self.eligible(grid)]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Per-client accuracy from the decoder, with mean, spread and extremes across clients."""

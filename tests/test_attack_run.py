@@ -65,3 +65,24 @@ def test_attack_on_a_federated_run_inverts_what_the_server_recorded(tiny: Callab
     assert all(o["target_source"] == "wire" and o["targets"] > 0 for o in outcomes)
     with pytest.raises(ValueError, match="no state for client 5"):
         attack_run(str(root), "decoder", "train", client=5, overrides=FAST)
+
+
+def test_attack_on_a_noise_free_run_reports_no_bound_ratio(tiny: Callable[..., Config]) -> None:
+    # Prepare: sigma = 0 makes Theorem 1's bound 0 (no noise, no guaranteed error)
+    cfg = tiny(**{"train.epochs": 1, "noise.sigma": 0.0})
+    train_centralized(cfg, log=lambda _: None)
+    # Execute
+    outcome = attack_run(str(RunDir.for_config(cfg).root), "decoder", "train", overrides=FAST)[0]
+    # Assert
+    assert outcome["mse_lower_bound"] is None and outcome["mse_bound_ratio"] is None
+
+
+def test_retraining_a_finished_run_keeps_its_attack_results(tiny: Callable[..., Config]) -> None:
+    # Prepare
+    cfg = tiny(**{"train.epochs": 1})
+    train_centralized(cfg, log=lambda _: None)
+    attack_run(str(RunDir.for_config(cfg).root), "decoder", "infer", overrides=FAST)
+    # Execute: resuming a finished run rewrites results.json
+    train_centralized(cfg, log=lambda _: None)
+    # Assert
+    assert len(RunDir.for_config(cfg).read_results()["attacks"]) == 1

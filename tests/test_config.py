@@ -87,3 +87,12 @@ def test_cli_reports_bad_config_before_training(tmp_path: Path, capsys: pytest.C
     assert code == 2
     assert "model.cut" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_differences_ignore_where_a_run_executes() -> None:
+    # Prepare
+    cfg = Config.from_flat({"run.output-dir": "runs", "run.device": "cpu"})
+    other = {**cfg.to_flat(), "run.output-dir": "/abs/runs", "run.device": "cuda", "run.resume": False}
+    # Execute / Assert
+    assert cfg.differences(other) == []
+    assert cfg.differences({**other, "cem.lambda": 1.0}) == ["cem.lambda"]

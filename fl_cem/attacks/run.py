@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fl_cem.attacks.evaluate import attack_splits, make_attack, run_attack
+from fl_cem.attacks.evaluate import make_attack, run_attack, split_images
 from fl_cem.attacks.metrics import mse_bound_ratio, save_comparison
 from fl_cem.config import Config
 from fl_cem.data import load_splits
@@ -132,9 +132,8 @@ def attack_run(run_path: str, attack: str, mode: str, client: int | None = None,
                 keep[used] = False
                 aux, source = train_images[keep], "wire"
             else:
-                split = attack_splits(mode, len(train_images), len(test_images), cfg.run.seed, cfg.attack.holdout)
-                pool = {"train": train_images, "test": test_images}
-                aux, targets, target_z, source = pool[split.aux_split][split.aux], pool[split.target_split][split.targets], None, "smashed"
+                aux, targets = split_images(mode, train_images, test_images, cfg.run.seed, cfg.attack.holdout)
+                target_z, source = None, "smashed"
             model = make_attack(cfg.attack, victim.smash(cfg.noise.sigma), splits.shape, tuple(victim_shape(victim, splits.shape)), device, cfg.run.seed)
             epochs = getattr(model, "epochs", 0)
             with progress_bar(total=epochs, desc=f"{attack} {mode} {victim.name}") as bar:
@@ -177,4 +176,6 @@ def lower_bound(results: dict[str, Any]) -> float | None:
     """Theorem 1's MSE lower bound of the run's last epoch/round, when it was measured."""
     cem = results.get("final", {}).get("cem", {})
     value = cem.get("mse_lower_bound", cem.get("mean_mse_lower_bound"))
-    return float(value) if value is not None and math.isfinite(float(value)) else None
+    if value is None or not math.isfinite(float(value)) or float(value) <= 0:
+        return None  # not measured, or sigma = 0 (no noise: the bound is 0 and a ratio meaningless)
+    return float(value)

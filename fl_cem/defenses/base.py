@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from fl_cem.config import Config
@@ -64,7 +63,3 @@ class Defense(nn.Module):
         """Train the defense's simulated adversary on this batch; return metrics to log."""
         return {}
 
-
-def zero_loss(like: Tensor) -> Tensor:
-    """A zero that keeps dtype and device, for summing optional loss terms."""
-    return torch.zeros((), dtype=like.dtype, device=like.device)

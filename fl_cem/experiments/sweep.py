@@ -26,8 +26,6 @@ from fl_cem.reporting.run_dir import RunDir, atomic_write_bytes
 from fl_cem.training.centralized import train_centralized
 
 Log = Callable[[str], None]
-# Keys that may differ between a cell's recorded results and its config now: where it runs.
-MACHINE_KEYS = ("run.device", "run.resume")
 
 
 @dataclass
@@ -154,9 +152,7 @@ def check_same_config(results: dict[str, Any], cfg: Config) -> None:
     """Refuse results of another config under this cell's name (the sweep file changed since)."""
     if not results.get("config"):
         return
-    mine = {k: v for k, v in cfg.to_flat().items() if k not in MACHINE_KEYS}
-    theirs = {k: v for k, v in results["config"].items() if k not in MACHINE_KEYS}
-    changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+    changed = cfg.differences(results["config"])
     if changed:
         raise ValueError(
             f"{cfg.run.output_dir}/{cfg.run.name} holds results of a different config (keys differ: {', '.join(changed)}); "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -31,7 +31,7 @@ from fl_cem.cem import MixtureStats
 from fl_cem.cem.kmeans import fit_class_centres
 from fl_cem.config import Config
 from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
-from fl_cem.training.setup import build_client, build_model, lr_at, train_loader
+from fl_cem.training.setup import build_client, build_model, lr_at, set_lr, train_loader
 from fl_cem.training.step import (
     ClientParts,
     batch_seed,
@@ -84,11 +84,18 @@ def _splits(config_json: str) -> DataSplits:
     return load_splits(cfg.data, cfg.run.seed)
 
 
+@lru_cache(maxsize=4)
+def _device_splits(config_json: str, device: str) -> DataSplits:
+    """The splits uploaded to ``device`` once per process, shared by every client it serves."""
+    splits = _splits(config_json)
+    return replace(splits, train=splits.train.to(device), val=splits.val.to(device), test=splits.test.to(device))
+
+
 @lru_cache(maxsize=256)
 def _template(config_json: str, partition_id: int, num_partitions: int, device: str) -> Template:
     cfg = Config.from_flat(json.loads(config_json))
-    splits = _splits(config_json)
-    parts = partition_indices(splits.train.labels, cfg.partition, num_partitions, cfg.run.seed)
+    splits = _device_splits(config_json, device)
+    parts = partition_indices(splits.train.labels.cpu(), cfg.partition, num_partitions, cfg.run.seed)
     indices = parts[partition_id].sort().values
     model = build_model(cfg, splits.shape, splits.num_classes, splits.mean, splits.std)
     client = build_client(cfg, model, splits.num_classes, len(indices), torch.device(device))
@@ -119,7 +126,7 @@ class SplitClient:
         self.num_partitions = num_partitions
         self.device = device
         config_json = json.dumps(cfg.to_flat(), sort_keys=True)
-        self.splits = _splits(config_json)
+        self.splits = _device_splits(config_json, str(device))
         template = _template(config_json, partition_id, num_partitions, str(device))
         self.parts = template.parts
         self.loader = template.loader
@@ -224,8 +231,7 @@ class SplitClient:
             grad = grads[offset : offset + len(y)].to(z)
             offset += len(y)
             lr = lr_at(self.cfg.train, epoch, self.total_epochs)
-            for group in self.parts.optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(self.parts.optimizer, lr)
             metrics = encoder_step(self.parts, x, y, z_hat, z, grad, lr)
             for key, value in metrics.items():
                 self.cursor.sums[key] = self.cursor.sums.get(key, 0.0) + float(value)

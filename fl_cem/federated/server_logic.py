@@ -15,7 +15,7 @@ from fl_cem.training.step import ServerParts, decoder_step
 
 
 class SplitServer:
-    """Hosts the decoder, serves smashed batches in arrival order, records what it sees."""
+    """Hosts the decoder, serves smashed batches in the order the loop hands them over, records what it sees."""
 
     def __init__(self, cfg: Config, shape: tuple[int, int, int], num_classes: int, device: torch.device) -> None:
         self.cfg = cfg

@@ -1,4 +1,4 @@
-"""The ServerApp's main loop: rounds from the strategy, batches served in arrival order.
+"""The ServerApp's main loop: rounds from the strategy, smashed batches served as they come in.
 
 Per round: sample clients; for ``cem.federation = global`` merge the clients' CEM statistics
 (local k-means centres -> global centres -> exact moment-matched mixture); send each sampled
@@ -9,7 +9,7 @@ syncing encoders), evaluate every client's encoder with the shared decoder, chec
 
 Push/pull is done here rather than with ``grid.send_and_receive``: that call waits for all
 replies and sleeps between pulls, while split learning needs to answer each client as soon as
-its batch arrives (see docs/ARCHITECTURE.md for measured costs).
+its batch arrives (benchmarks/federated_overhead.py measures the costs).
 
 Serving order (``federated.order``): with ``lockstep`` the server waits until every active
 client's next chunk has arrived and serves them in partition order; clients still compute
@@ -140,6 +140,7 @@ class FederatedRun:
             cfg.federated.fraction_train, cfg.federated.encoder_sync, self.server.classify,
             cfg.cem.clusters_per_class, cfg.cem.kmeans_iters, cfg.run.seed,
         )
+        self.strategy.nodes = sorted(self.nodes)
         self.global_encoder = ArrayRecord()
         self.mixture: MixtureStats | None = None
         self.client_states: dict[int, bytes] = {}
@@ -164,10 +165,8 @@ class FederatedRun:
     def resume(self) -> None:
         """Restore the last finished round and hand every client its saved state back."""
         state = torch.load(self.run_dir.checkpoint_path, map_location="cpu", weights_only=True)
-        mine = {k: v for k, v in self.cfg.to_flat().items() if k != "run.resume"}
-        theirs = {k: v for k, v in state["config"].items() if k != "run.resume"}
-        if mine != theirs:
-            changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+        changed = self.cfg.differences(state["config"])
+        if changed:
             raise ValueError(f"{self.run_dir.root} holds a checkpoint of a different config (keys differ: {', '.join(changed)})")
         self.server.load_state_dict(state["server"])
         self.global_encoder = to_record(state["global_encoder"]) if state["global_encoder"] else ArrayRecord()
@@ -192,6 +191,8 @@ class FederatedRun:
         replies = self.gather_sorted(
             [Message(RecordDict({"config": seed_cfg, **previous}), n, "query.cem_centres") for n in sampled]
         )
+        if len(replies) < max(1, self.cfg.federated.min_clients):
+            raise TooFewClients(f"round {server_round}: {len(replies)} clients answered the CEM refit, federated.min-clients is {self.cfg.federated.min_clients}")
         centres = self.strategy.combine_cem_centres(replies, server_round)
         stats_replies = self.gather_sorted(
             [Message(RecordDict({"centres": to_record({"centres": centres})}), n, "query.cem_stats") for n in sampled]
@@ -283,15 +284,16 @@ class FederatedRun:
             "environment": environment(),
             "clients": len(self.nodes),
             "rounds": self.history,
+            **{k: v for k, v in self.run_dir.read_results().items() if k == "attacks"},
         }
         board = Board(self.run_dir.tb_dir)
         began = time.perf_counter()
         try:
             for server_round in range(self.start_round, cfg.federated.rounds + 1):
                 tick = time.perf_counter()
-                sampled = self.strategy.sample(server_round, sorted(self.nodes))
+                sampled = self.strategy.sample(server_round, self.strategy.eligible(self.grid))
                 first_epoch = (server_round - 1) * cfg.federated.local_epochs
-                if cfg.cem.enabled and cfg.cem.federation == "global" and first_epoch % cfg.cem.refit_every < cfg.federated.local_epochs:
+                if cfg.cem.enabled and cfg.cem.federation == "global" and (-first_epoch) % cfg.cem.refit_every < cfg.federated.local_epochs:
                     self.refit_global_cem(server_round, sampled)
                 done, train_metrics = self.train_round(server_round)
                 encoder, client_metrics = self.strategy.aggregate_train(server_round, done)
@@ -303,6 +305,8 @@ class FederatedRun:
                 eval_config = ConfigRecord({"seed": cfg.run.seed + server_round})
                 eval_replies = self.gather_sorted(self.strategy.configure_evaluate(server_round, self.global_encoder, eval_config, self.grid))
                 evaluation = self.strategy.aggregate_evaluate(server_round, eval_replies)
+                for reply in eval_replies:  # the state a client ends the round in (SplitFed loads the average here)
+                    self.client_states[int(reply.content["config"]["partition_id"])] = bytes(reply.content["state"]["blob"])
                 record = {
                     "round": server_round,
                     "train_time_s": train_time,

@@ -124,13 +124,6 @@ class RunDir:
     def write_results(self, results: dict[str, Any]) -> None:
         atomic_write_bytes(self.results_path, json.dumps(results, indent=2, sort_keys=False).encode())
 
-    def update_results(self, **sections: Any) -> dict[str, Any]:
-        """Merge top-level sections into results.json (other writers' sections are kept)."""
-        results = self.read_results()
-        results.update(sections)
-        self.write_results(results)
-        return results
-
     def write_config(self, cfg: Config) -> None:
         atomic_write_bytes(self.config_path, config_toml(cfg).encode())
 

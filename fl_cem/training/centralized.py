@@ -74,6 +74,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
         "model": {part: {"params": c.params, "macs": c.macs} for part, c in sizes.items()},
         "smashed_shape": list(model.smashed_shape),
         "epochs": history,
+        **{k: v for k, v in run.read_results().items() if k == "attacks"},
     }
     assert client.cem is not None
     if cfg.cem.enabled and not client.cem.fitted:
@@ -182,10 +183,8 @@ def save_checkpoint(run: RunDir, cfg: Config, next_epoch: int, client: ClientPar
 def load_checkpoint(run: RunDir, cfg: Config, client: ClientParts, server: Any) -> tuple[int, list[dict[str, Any]]]:
     """Restore a checkpoint written by :func:`save_checkpoint`; refuses one from another config."""
     state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
-    mine = {k: v for k, v in cfg.to_flat().items() if k != "run.resume"}
-    theirs = {k: v for k, v in state["config"].items() if k != "run.resume"}
-    if mine != theirs:
-        changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+    changed = cfg.differences(state["config"])
+    if changed:
         raise ValueError(
             f"{run.root} holds a checkpoint of a different config (keys differ: {', '.join(changed)}); "
             "choose another run.name or set run.resume = false to start over"
