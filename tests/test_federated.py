@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Callable
 
 import pytest
@@ -13,6 +14,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from fl_cem.cem import MixtureStats
 from fl_cem.config import Config
 from fl_cem.federated.client_logic import SplitClient
+from fl_cem.federated.server_loop import FederatedRun
 from fl_cem.federated.wire import from_bytes
 from fl_cem.reporting.run_dir import RunDir
 from fl_cem.training.centralized import train_centralized
@@ -145,3 +147,29 @@ def test_killed_run_resumes_to_the_same_result(tiny: Callable[..., Config]) -> N
     ra = json.loads(RunDir.for_config(straight).results_path.read_text())["final"]
     rb = json.loads(RunDir.for_config(broken).results_path.read_text())["final"]
     assert ra["test_accuracy_mean"] == rb["test_accuracy_mean"]
+
+
+def test_lockstep_serves_each_chunk_in_partition_order_as_soon_as_it_may() -> None:
+    # Prepare: three nodes with random ids, each sending 4 chunks; chunks arrive in a random order
+    run = FederatedRun.__new__(FederatedRun)
+    run.cfg = Config.from_flat({"federated.order": "lockstep"})
+    run.nodes = {30: {"partition_id": 0}, 10: {"partition_id": 1}, 20: {"partition_id": 2}}
+    left = {node: 4 for node in run.nodes}
+    in_flight = list(run.nodes)
+    active, waiting, wave, served = set(run.nodes), {}, [], []
+    rng = random.Random(0)
+    # Execute: one arrival at a time; a served node sends its next chunk
+    while in_flight:
+        node = in_flight.pop(rng.randrange(len(in_flight)))
+        waiting[node] = f"chunk {5 - left[node]} of {node}"
+        for message in run.servable(waiting, active, wave):
+            served_node = int(message.split()[-1])
+            served.append(served_node)
+            left[served_node] -= 1
+            if left[served_node]:
+                in_flight.append(served_node)
+            else:
+                active.discard(served_node)
+    # Assert: waves in partition order, the first client served before the others arrive
+    assert served == [30, 10, 20] * 4
+    assert run.servable({30: "next of 30"}, {30, 10, 20}, []) == ["next of 30"]

@@ -11,11 +11,11 @@ Push/pull is done here rather than with ``grid.send_and_receive``: that call wai
 replies and sleeps between pulls, while split learning needs to answer each client as soon as
 its batch arrives (benchmarks/federated_overhead.py measures the costs).
 
-Serving order (``federated.order``): with ``lockstep`` the server waits until every active
-client's next chunk has arrived and serves them in partition order; clients still compute
-concurrently (each gets its gradient as soon as its chunk is served), but the sequence of
-decoder steps no longer depends on timing, so runs repeat exactly and a resumed run ends where
-an uninterrupted one does. ``arrival`` serves each chunk the moment it arrives: no waiting on
+Serving order (``federated.order``): with ``lockstep`` the server serves in waves, every active
+client's next chunk once, in partition order, each chunk as soon as it and its predecessors in
+the wave are in; clients still compute concurrently (each gets its gradient as soon as its
+chunk is served), but the sequence of decoder steps no longer depends on timing, so runs repeat
+exactly and a resumed run ends where an uninterrupted one does. ``arrival`` serves each chunk the moment it arrives: no waiting on
 the slowest client, at the price of timing-dependent results.
 """
 
@@ -201,10 +201,37 @@ class FederatedRun:
 
     def by_partition(self, replies: Iterable[Message]) -> list[Message]:
         """Replies in partition order: aggregates must not depend on which client answered first."""
-        return sorted(replies, key=lambda r: int(self.nodes[r.metadata.src_node_id]["partition_id"]))
+        return sorted(replies, key=lambda r: self.partition(r.metadata.src_node_id))
 
     def gather_sorted(self, messages: Iterable[Message]) -> list[Message]:
         return self.by_partition(self.exchange.gather(messages))
+
+    def partition(self, node: int) -> int:
+        return int(self.nodes[node]["partition_id"])
+
+    def servable(self, waiting: dict[int, Message], active: set[int], wave: list[int]) -> list[Message]:
+        """Take the replies that may be served now out of ``waiting``, in serving order.
+
+        ``lockstep`` serves in waves: every active client once, in partition order. A wave is
+        served as a pipeline, each chunk as soon as its predecessors in the wave are done, so
+        early clients compute their next chunk while the server works through the later ones.
+        ``wave`` holds the rest of the current wave between calls.
+        """
+        if self.cfg.federated.order == "arrival":
+            ready = self.by_partition(waiting.values())
+            waiting.clear()
+            return ready
+        ready = []
+        while active:
+            if not wave:
+                wave.extend(sorted(active, key=self.partition))
+            if wave[0] not in active:
+                wave.pop(0)
+            elif wave[0] in waiting:
+                ready.append(waiting.pop(wave.pop(0)))
+            else:
+                break
+        return ready
 
     def train_round(self, server_round: int) -> tuple[list[Message], dict[str, float]]:
         """Serve the sampled clients' batches until each is done, failed or timed out."""
@@ -219,6 +246,7 @@ class FederatedRun:
         self.exchange.send(messages)
         active = {m.metadata.dst_node_id for m in messages}
         waiting: dict[int, Message] = {}
+        wave: list[int] = []
         done: list[Message] = []
         served = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
         serving = 0.0
@@ -227,11 +255,7 @@ class FederatedRun:
             replies, late = self.exchange.receive()
             active.difference_update(late)
             waiting.update((r.metadata.src_node_id, r) for r in replies)
-            if cfg.order == "lockstep" and not active <= waiting.keys():
-                continue
-            ready = sorted(waiting.values(), key=lambda r: self.nodes[r.metadata.src_node_id]["partition_id"])
-            waiting.clear()
-            for reply in ready:
+            for reply in self.servable(waiting, active, wave):
                 node = reply.metadata.src_node_id
                 if reply.has_error():
                     self.log(f"client on node {node} failed in round {server_round}: {reply.error.reason}; left out of this round")
