@@ -218,6 +218,16 @@ class CEMConfig:
     def enabled(self) -> bool:
         return self.lam > 0
 
+    @property
+    def fits_before_training(self) -> bool:
+        """Whether the first mixture is fitted on the untrained encoder, so L_C acts from step one.
+
+        The paper fits at the start of every epoch (Alg. 1); the authors' code fits at the end
+        of each, so its first epoch trains without L_C and the mixture never describes random
+        features (docs/CEM.md).
+        """
+        return self.variant == "paper"
+
 
 ARL_LOSSES = ("pixel", "perceptual")
 

@@ -83,3 +83,25 @@ def test_cem_changes_the_encoder_step_only(tiny: Callable[..., Config]) -> None:
     for a, b in zip(off_server.decoder.parameters(), on_server.decoder.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert any(not torch.equal(a, b) for a, b in zip(off.encoder.parameters(), on.encoder.parameters()))
+
+
+@pytest.mark.parametrize(("variant", "lam", "first_epoch_has_cem"), [("official", 16.0, False), ("paper", 0.01, True)])
+def test_only_the_paper_variant_applies_cem_in_the_first_epoch(tiny: Callable[..., Config], variant: str, lam: float, first_epoch_has_cem: bool) -> None:
+    # Prepare: one epoch without and with CEM, same seed and data
+    import torch
+
+    from fl_cem.reporting.run_dir import RunDir
+
+    common = {"train.epochs": 1, "cem.variant": variant}
+    off = tiny(**common, **{"run.name": f"off_{variant}", "cem.lambda": 0.0})
+    on = tiny(**common, **{"run.name": f"on_{variant}", "cem.lambda": lam})
+    # Execute
+    train_centralized(off, log=lambda _: None)
+    with_cem = train_centralized(on, log=lambda _: None)
+    # Assert: the official variant's first epoch is plain training (its mixture is fitted after it)
+    a = torch.load(RunDir.for_config(off).checkpoint_path, weights_only=True)["encoder"]
+    b = torch.load(RunDir.for_config(on).checkpoint_path, weights_only=True)["encoder"]
+    same = all(torch.equal(a[key], b[key]) for key in a)
+    assert same is not first_epoch_has_cem
+    assert ("cem_loss" in with_cem["epochs"][0]) is first_epoch_has_cem
+    assert "hxz_relative" in with_cem["final"]["cem"]

@@ -207,8 +207,14 @@ class SplitClient:
         return torch.cat([z for z, _ in out]), torch.cat([y for _, y in out])
 
     def cem_report(self, seed: int) -> dict[str, float]:
-        """Local bound; with lambda = 0 the mixture is fitted here, for measurement only."""
-        if not self.cfg.cem.enabled or not self.cem.fitted:
+        """Local bound; with lambda = 0 the mixture is fitted here, for measurement only.
+
+        With lambda > 0 and no mixture yet (the official variant's first epoch) there is nothing
+        to report: a fit here would become the warm start of the first training refit.
+        """
+        if self.cfg.cem.enabled and not self.cem.fitted:
+            return {}
+        if not self.cfg.cem.enabled:
             z, y = self.fittable_features()
             if not len(y):
                 return {}  # no class with k samples here: nothing to fit, nothing to report
@@ -269,7 +275,7 @@ class SplitClient:
     def _epoch_start(self, epoch: int) -> None:
         """Local CEM refit at the start of an epoch (Algorithm 1, lines 4-5), as centralized does."""
         cfg = self.cfg.cem
-        if cfg.enabled and cfg.federation == "local" and epoch % cfg.refit_every == 0:
+        if cfg.enabled and cfg.federation == "local" and epoch % cfg.refit_every == 0 and (epoch > 0 or cfg.fits_before_training):
             z, y = self.fittable_features()
             self.cem.refit(z, y, torch.Generator().manual_seed(self.cfg.run.seed + epoch))
 

@@ -317,7 +317,8 @@ class FederatedRun:
                 tick = time.perf_counter()
                 sampled = self.strategy.sample(server_round, self.strategy.eligible(self.grid))
                 first_epoch = (server_round - 1) * cfg.federated.local_epochs
-                if cfg.cem.enabled and cfg.cem.federation == "global" and (-first_epoch) % cfg.cem.refit_every < cfg.federated.local_epochs:
+                refit_due = (-first_epoch) % cfg.cem.refit_every < cfg.federated.local_epochs and (first_epoch > 0 or cfg.cem.fits_before_training)
+                if cfg.cem.enabled and cfg.cem.federation == "global" and refit_due:
                     self.refit_global_cem(server_round, sampled)
                 done, train_metrics = self.train_round(server_round)
                 encoder, client_metrics = self.strategy.aggregate_train(server_round, done)

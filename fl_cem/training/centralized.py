@@ -77,7 +77,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
         **{k: v for k, v in run.read_results().items() if k == "attacks"},
     }
     assert client.cem is not None
-    if cfg.cem.enabled and not client.cem.fitted:
+    if cfg.cem.enabled and cfg.cem.fits_before_training and not client.cem.fitted:
         measure_cem(client, cfg, splits, device, refit=True, seed=cfg.run.seed)
 
     board = Board(run.tb_dir)

@@ -126,7 +126,7 @@ def encoder_step(
     if defense_loss is not None:
         loss = loss + defense_loss
         metrics["defense_loss"] = defense_loss.detach()
-    if client.cem is not None and client.cem.cfg.lam > 0:
+    if client.cem is not None and client.cem.cfg.lam > 0 and client.cem.fitted:
         cem_loss = client.cem.loss(z_hat, y)
         loss = loss + client.cem.effective_lambda(lr) * cem_loss
         metrics["cem_loss"] = cem_loss.detach()
