@@ -10,7 +10,10 @@ order, chunk 1, i.e. exact split learning with one message per batch). The feder
 round's training phase measured by the server (Ray start-up, node discovery and evaluation
 excluded, as they are not part of an epoch's training); the centralized time is the epoch's
 training loop. Each figure is the median of the three, which keeps the first epoch's warm-up
-and a busy moment of the machine out of the ratio. Peak memory is
+and a busy moment of the machine out of the ratio. Everything is measured twice, with this
+process (centralized trainer, federated server) on one thread and on every core: the second
+is how ``flwr run`` runs the server, and the fair reference for a federation whose clients
+also compute on those cores. Peak memory is
 the largest sum of resident set sizes of this process and every Ray process, sampled every
 0.2 s. Prints and writes ``benchmarks/results/federated_overhead.json``.
 """
@@ -87,36 +90,36 @@ def main() -> None:
     args = parser.parse_args()
     BASE.update({"federated.chunk": args.chunk, "federated.order": args.order})
     out: dict[str, object] = {"environment": environment(), "setting": BASE}
+    cores = os.cpu_count() or 1
     with TemporaryDirectory() as tmp:
-        cfg = Config.from_flat({**BASE, "run.output-dir": tmp, "run.name": "centralized"})
-        # The ratio's reference is one thread, like the server; a run on every core is shown
-        # beside it because federated clients compute on the other cores in parallel.
-        torch.set_num_threads(os.cpu_count() or 1)
-        central_all = statistics.median(e["train_time_s"] for e in train_centralized(cfg, log=lambda _: None)["epochs"])
-        torch.set_num_threads(1)
-        central = statistics.median(e["train_time_s"] for e in train_centralized(cfg.replace(**{"run.name": "centralized1"}), log=lambda _: None)["epochs"])
-        out["centralized_epoch_s"] = central
-        out["centralized_epoch_s_all_cores"] = central_all
-        print(f"centralized epoch: {central:.2f} s on one thread, {central_all:.2f} s on {os.cpu_count()} cores")
-        for n in sorted(set(args.clients) | set(args.memory_clients)):
-            cfg = Config.from_flat({**BASE, "run.output-dir": tmp, "run.name": f"fed{n}", "partition.num-partitions": n})
-            with PeakMemory() as memory:
-                rounds = run_federated(cfg, n)["rounds"]
-            epoch = statistics.median(r["train_time_s"] for r in rounds)
-            row = {
-                "epoch_s": epoch,
-                "ratio_to_centralized": epoch / central,
-                "messages": statistics.median(r["messages"] for r in rounds),
-                "round_trip_mean_ms": 1000 * statistics.median(r["round_trip_mean_s"] for r in rounds),
-                "server_compute_s": statistics.median(r["server_compute_s"] for r in rounds),
-                "peak_rss_mib_all_processes": memory.peak,
-            }
-            out[f"federated_{n}"] = row
-            print(
-                f"federated N={n}: epoch {row['epoch_s']:.2f} s (x{row['ratio_to_centralized']:.2f} centralized), "
-                f"{row['messages']:.0f} messages, round trip {row['round_trip_mean_ms']:.0f} ms, "
-                f"server compute {row['server_compute_s']:.2f} s, peak memory {memory.peak:.0f} MiB"
-            )
+        # Side by side at two thread counts of this process (the centralized trainer, or the
+        # federated server); each simulated client is a Ray actor with one CPU either way.
+        for label, threads, sizes in (("one_thread", 1, set(args.clients) | set(args.memory_clients)), ("all_cores", cores, set(args.clients))):
+            torch.set_num_threads(threads)
+            cfg = Config.from_flat({**BASE, "run.output-dir": tmp, "run.name": f"centralized_{label}"})
+            central = statistics.median(e["train_time_s"] for e in train_centralized(cfg, log=lambda _: None)["epochs"])
+            figures: dict[str, object] = {"threads": threads, "centralized_epoch_s": central}
+            print(f"{label} ({threads} threads): centralized epoch {central:.2f} s")
+            for n in sorted(sizes):
+                cfg = Config.from_flat({**BASE, "run.output-dir": tmp, "run.name": f"fed{n}_{label}", "partition.num-partitions": n})
+                with PeakMemory() as memory:
+                    rounds = run_federated(cfg, n)["rounds"]
+                epoch = statistics.median(r["train_time_s"] for r in rounds)
+                row = {
+                    "epoch_s": epoch,
+                    "ratio_to_centralized": epoch / central,
+                    "messages": statistics.median(r["messages"] for r in rounds),
+                    "round_trip_mean_ms": 1000 * statistics.median(r["round_trip_mean_s"] for r in rounds),
+                    "server_compute_s": statistics.median(r["server_compute_s"] for r in rounds),
+                    "peak_rss_mib_all_processes": memory.peak,
+                }
+                figures[f"federated_{n}"] = row
+                print(
+                    f"  federated N={n}: epoch {row['epoch_s']:.2f} s (x{row['ratio_to_centralized']:.2f} centralized), "
+                    f"{row['messages']:.0f} messages, round trip {row['round_trip_mean_ms']:.0f} ms, "
+                    f"server compute {row['server_compute_s']:.2f} s, peak memory {memory.peak:.0f} MiB"
+                )
+            out[label] = figures
     atomic_write_bytes(Path(args.out), json.dumps(out, indent=2).encode())
     print(f"wrote {args.out}")
 
