@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from fl_cem.config import Config
 from fl_cem.experiments import sweep as sweep_module
@@ -142,6 +143,9 @@ def test_smoke_sweep_report_has_one_row_per_cell_and_the_table1_columns(smoke: P
     assert [a["methods"] for a in report["averages"]] == [["bottleneck"]]
     markdown = (smoke / "report" / "report.md").read_text()
     assert "**Average w/o CEM**" in markdown and "**Average w/ CEM**" in markdown and "**Gain**" in markdown
+    machine = report["provenance"]["machines"]
+    assert len(machine) == 1 and f"torch {torch.__version__}" in machine[0] and machine[0] in markdown
+    assert len(report["provenance"]["started"]) == 2
     for figure in report["figures"]:
         assert (smoke / "report" / figure).stat().st_size > 0
     assert any(f.startswith("fig5_") for f in report["figures"]) and any(f.startswith("fig4a_") for f in report["figures"])

@@ -37,6 +37,9 @@ class RunRecord:
     grids: dict[str, Path] = field(default_factory=dict)
     """``"<attack>_<mode>"`` -> reconstruction grid PNG of the first victim."""
     error: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
+    """Machine, library versions and start date the run recorded (``run_dir.environment``)."""
+    commit: str = ""
 
     @property
     def seed(self) -> int | None:
@@ -115,7 +118,10 @@ def read_record(folder: Path, name: str, execution: str) -> RunRecord:
     status_path = folder / "status.json"
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     state = status.get("status") or ("done" if results.get("final") else "pending")
-    record = RunRecord(name, execution, state, dict(results.get("config", {})), error=str(status.get("error", "")))
+    record = RunRecord(
+        name, execution, state, dict(results.get("config", {})), error=str(status.get("error", "")),
+        environment=dict(results.get("environment", {})), commit=str(results.get("commit", "")),
+    )
     if results:
         record.values = {k: v for k, v in run_values(results).items() if not math.isnan(v)}
         record.grids = attack_grids(results, folder)

@@ -80,6 +80,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> dict[str,
         "sweep": name,
         "folder": str(folder),
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "provenance": provenance(records),
         "columns": table.columns,
         "roles": {"method": table.roles.method, "cem": table.roles.cem, "other": table.roles.other},
         "rows": [_row_json(row) for row in table.rows],
@@ -95,11 +96,32 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> dict[str,
     return report
 
 
+def provenance(records: Sequence[RunRecord]) -> dict[str, list[str]]:
+    """Where and when the cells ran: distinct machines (with versions), first and last start, commits."""
+    machines = {
+        f"{env.get('machine', '?')}, {env.get('cpus', '?')} CPUs, CUDA {env.get('cuda', '?')}, "
+        f"Python {env.get('python', '?')}, torch {env.get('torch', '?')}"
+        for env in (r.environment for r in records)
+        if env
+    }
+    dates = sorted(r.environment["date"] for r in records if "date" in r.environment)
+    return {
+        "machines": sorted(machines),
+        "started": [dates[0], dates[-1]] if dates else [],
+        "commits": sorted({r.commit for r in records if r.commit}),
+    }
+
+
 # ----------------------------------------------------------------------------- markdown
 def markdown(name: str, table: Table, records: Sequence[RunRecord], fits: dict[str, ExpFit], column: str | None, figures: Sequence[Path]) -> str:
     """The whole report.md."""
     counts = {status: sum(r.status == status for r in records) for status in ("done", "failed", "running", "pending")}
-    lines = [f"# Sweep report: {name}", "", f"{len(records)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".", "", NOTES]
+    lines = [f"# Sweep report: {name}", "", f"{len(records)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".", ""]
+    origin = provenance(records)
+    if origin["machines"]:
+        started = " to ".join(dict.fromkeys(origin["started"]))
+        lines += [f"Ran on {'; '.join(origin['machines'])}; cells started {started}; commit {', '.join(origin['commits']) or 'unknown'}.", ""]
+    lines.append(NOTES)
     quality = [c for c in table.columns if c.endswith(("_psnr", "_ssim"))]
     main = [c for c in table.columns if c not in quality]
     for execution in table.executions:
