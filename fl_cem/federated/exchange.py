@@ -1,0 +1,101 @@
+"""Messages between the ServerApp and the clients: push, pull as replies arrive, deadlines.
+
+Push/pull is done here rather than with ``grid.send_and_receive``: that call waits for all
+replies and sleeps between pulls, while split learning needs to answer each client as soon as
+its batch arrives (benchmarks/federated_overhead.py measures the costs).
+
+Node discovery lives here too: node ids are random, so the server asks every node for its
+partition before the first round.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from fl_cem.config import Config
+
+POLL_SECONDS = 0.005
+NODE_WAIT_SECONDS = 120.0
+
+
+class TooFewClients(RuntimeError):
+    """Raised when fewer than ``federated.min-clients`` clients are left in a round."""
+
+
+@dataclass
+class Exchange:
+    """Messages in flight, pulled as they arrive, with a deadline per message."""
+
+    grid: Grid
+    timeout: float
+    log: Callable[[str], None]
+    in_flight: dict[str, tuple[int, float]] = field(default_factory=dict)
+    replies: int = 0
+    round_trip_s: float = 0.0
+
+    def send(self, messages: Iterable[Message]) -> None:
+        messages = list(messages)
+        now = time.monotonic()
+        for msg_id, msg in zip(self.grid.push_messages(messages), messages):
+            self.in_flight[msg_id] = (msg.metadata.dst_node_id, now)
+
+    def receive(self) -> tuple[list[Message], list[int]]:
+        """Replies that arrived, and nodes whose message ran past the deadline (dropped)."""
+        replies = list(self.grid.pull_messages(list(self.in_flight))) if self.in_flight else []
+        now = time.monotonic()
+        for reply in replies:
+            sent = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
+            if sent is not None:
+                self.replies += 1
+                self.round_trip_s += now - sent[1]
+        expired = [msg_id for msg_id, (_, sent) in self.in_flight.items() if now - sent > self.timeout]
+        late = [self.in_flight.pop(msg_id)[0] for msg_id in expired]
+        for node in late:
+            self.log(f"client on node {node} did not answer within {self.timeout:.0f}s; left out of this round")
+        if not replies and self.in_flight:
+            time.sleep(POLL_SECONDS)
+        return replies, late
+
+    def gather(self, messages: Iterable[Message]) -> list[Message]:
+        """Send and wait for all replies (or their deadlines); errors are logged and dropped."""
+        self.send(messages)
+        good: list[Message] = []
+        while self.in_flight:
+            replies, _ = self.receive()
+            for reply in replies:
+                if reply.has_error():
+                    self.log(f"client on node {reply.metadata.src_node_id} failed: {reply.error.reason}")
+                else:
+                    good.append(reply)
+        return good
+
+
+def discover(grid: Grid, exchange: Exchange, cfg: Config, log: Callable[[str], None]) -> dict[int, dict[str, Any]]:
+    """Wait for the nodes, then ask each for its partition and data shape (node ids are random)."""
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    expected = None
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if nodes and expected is None:
+            first = exchange.gather([Message(RecordDict(), nodes[0], "query.hello")])
+            if first:
+                expected = int(first[0].content["config"]["num_partitions"])
+        if expected is not None and len(nodes) >= expected:
+            break
+        if time.monotonic() > deadline:
+            raise TooFewClients(f"only {len(nodes)} nodes connected after {NODE_WAIT_SECONDS:.0f}s (expected {expected})")
+        time.sleep(0.5)
+    replies = exchange.gather([Message(RecordDict(), node, "query.hello") for node in nodes])
+    info = {r.metadata.src_node_id: dict(r.content["config"]) for r in replies}
+    if len(info) < cfg.federated.min_clients:
+        raise TooFewClients(f"{len(info)} clients answered, federated.min-clients is {cfg.federated.min_clients}")
+    shapes = {tuple(i["shape"]) for i in info.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"clients hold data of different shapes: {sorted(shapes)}")
+    log(f"{len(info)} clients: partitions {sorted(int(i['partition_id']) for i in info.values())}")
+    return info
