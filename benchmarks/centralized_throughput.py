@@ -6,8 +6,10 @@ VGG11-BN split after conv 2 with the 8-channel bottleneck (the paper's setting) 
 3x32x32 batches; the step is the project's ``train_step`` (client forward, decoder step,
 encoder step) and evaluation is the deployed path (encoder, noise, decoder). The loader figure
 is ``BatchLoader`` cutting augmented batches from uint8 images in memory, to show that the
-model, not the data, dominates an epoch. Runs on the CPU and, when present, on CUDA; prints and
-writes ``benchmarks/results/centralized_throughput.json``.
+model, not the data, dominates an epoch. Runs on the CPU and, when present, on CUDA; on the CPU
+the training and evaluation figures are measured in both memory layouts, side by side
+(``fl_cem/training/layout.py``: channels-last is the default there). Prints and writes
+``benchmarks/results/centralized_throughput.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from fl_cem.config import Config
 from fl_cem.data import BatchLoader, ImageSet
 from fl_cem.reporting.run_dir import atomic_write_bytes, environment
+from fl_cem.training import layout
 from fl_cem.training.setup import build_client, build_model, build_server
 from fl_cem.training.step import evaluate, train_step
 
@@ -89,6 +92,19 @@ def main() -> None:
             f"{device.type}: train {figures['train_images_per_s']:.0f} img/s ({figures['train_step_ms']:.0f} ms/step), "
             f"eval {figures['eval_images_per_s']:.0f} img/s, loader {figures['loader_images_per_s']:.0f} img/s"
         )
+    default = layout.CPU_FORMAT
+    layout.CPU_FORMAT = torch.contiguous_format
+    contiguous = measure(torch.device("cpu"), args.steps, args.batch)
+    layout.CPU_FORMAT = default
+    out["cpu_contiguous_layout"] = contiguous
+    out["cpu_channels_last_speedup"] = {
+        "train": out["cpu"]["train_images_per_s"] / contiguous["train_images_per_s"],
+        "eval": out["cpu"]["eval_images_per_s"] / contiguous["eval_images_per_s"],
+    }
+    print(
+        f"cpu, contiguous layout: train {contiguous['train_images_per_s']:.0f} img/s, eval {contiguous['eval_images_per_s']:.0f} img/s "
+        f"(channels-last: x{out['cpu_channels_last_speedup']['train']:.2f} train, x{out['cpu_channels_last_speedup']['eval']:.2f} eval)"
+    )
     atomic_write_bytes(RESULTS, json.dumps(out, indent=2).encode())
     print(f"wrote {RESULTS}")
 

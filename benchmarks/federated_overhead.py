@@ -1,12 +1,20 @@
 """What federating costs: epoch wall time federated (N = 1, N = 10) over centralized, message
 round trips, where the time goes, and peak memory of all processes at N = 10 and N = 100.
 
-Usage: ``python benchmarks/federated_overhead.py [--clients 1 10] [--memory-clients 10 100]``
+Usage: ``python benchmarks/federated_overhead.py [--workload digits|cifar10] [--clients 1 10]
+[--memory-clients 10 100]``
 
-All in one process, side by side, on the same data and model: the embedded digits (the whole
-training split, divided among the clients) and VGG11 split after conv 2 with the bottleneck,
-batch 16, lambda = 0, three epochs (federated: three rounds of one local epoch; ``lockstep``
-order, chunk 1, i.e. exact split learning with one message per batch). The federated time is a
+All in one process, side by side, on the same data and model: VGG11 split after conv 2 with the
+bottleneck, lambda = 0, three epochs (federated: three rounds of one local epoch; ``lockstep``
+order, chunk 1, i.e. exact split learning with one message per batch), on one of two workloads:
+
+- ``digits`` (default): the embedded 8x8 digits, whole training split, batch 16. A batch is a
+  few milliseconds of compute, so this is the worst case for federating: it measures the cost
+  of a message more than the cost of splitting the model.
+- ``cifar10``: the paper's setting, 32x32 CIFAR-10 at batch 128, on a 5,120-image subset of
+  ``--cifar-root`` (default: the shared JPEG tarball next to the project).
+
+The training split is divided among the clients. The federated time is a
 round's training phase measured by the server (Ray start-up, node discovery and evaluation
 excluded, as they are not part of an epoch's training); the centralized time is the epoch's
 training loop. Each figure is the median of the three, which keeps the first epoch's warm-up
@@ -15,7 +23,7 @@ process (centralized trainer, federated server) on one thread and on every core:
 is how ``flwr run`` runs the server, and the fair reference for a federation whose clients
 also compute on those cores. Peak memory is
 the largest sum of resident set sizes of this process and every Ray process, sampled every
-0.2 s. Prints and writes ``benchmarks/results/federated_overhead.json``.
+0.2 s. Prints and writes ``benchmarks/results/federated_overhead[_cifar10].json``.
 """
 
 from __future__ import annotations
@@ -36,9 +44,17 @@ from fl_cem.federated.launch import run_federated
 from fl_cem.reporting.run_dir import atomic_write_bytes, environment
 from fl_cem.training.centralized import train_centralized
 
-RESULTS = Path(__file__).parent / "results" / "federated_overhead.json"
+RESULTS = Path(__file__).parent / "results"
 REPEATS = 3
-BASE = {"train.batch-size": 16, "train.epochs": REPEATS, "federated.rounds": REPEATS, "federated.local-epochs": 1, "cem.lambda": 0.0, "run.device": "cpu"}
+BASE = {"train.epochs": REPEATS, "federated.rounds": REPEATS, "federated.local-epochs": 1, "cem.lambda": 0.0, "run.device": "cpu"}
+CIFAR_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+WORKLOADS = {
+    "digits": {"train.batch-size": 16},
+    "cifar10": {
+        "data.source": "imagefolder", "data.train-subset": 5120, "data.test-subset": 1000,
+        "model.arch": "vgg11", "model.cut": 2, "model.bottleneck": 8, "train.batch-size": 128,
+    },
+}
 
 
 def total_rss_mib() -> float:
@@ -82,14 +98,20 @@ class PeakMemory:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="digits", choices=sorted(WORKLOADS))
+    parser.add_argument("--cifar-root", default=str(CIFAR_TARBALL), help="CIFAR-10 image folder or tarball (cifar10 workload)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 10])
-    parser.add_argument("--memory-clients", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--memory-clients", type=int, nargs="*", default=[10, 100], help="extra client counts measured at one thread")
     parser.add_argument("--chunk", type=int, default=1, help="batches per message (1 = exact)")
     parser.add_argument("--order", default="lockstep", choices=["lockstep", "arrival"])
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--out", help="JSON path (default: benchmarks/results/federated_overhead[_WORKLOAD].json)")
     args = parser.parse_args()
-    BASE.update({"federated.chunk": args.chunk, "federated.order": args.order})
-    out: dict[str, object] = {"environment": environment(), "setting": BASE}
+    BASE.update({"federated.chunk": args.chunk, "federated.order": args.order, **WORKLOADS[args.workload]})
+    if args.workload == "cifar10":
+        BASE["data.root"] = args.cifar_root
+    suffix = "" if args.workload == "digits" else f"_{args.workload}"
+    out_path = Path(args.out) if args.out else RESULTS / f"federated_overhead{suffix}.json"
+    out: dict[str, object] = {"environment": environment(), "workload": args.workload, "setting": BASE}
     cores = os.cpu_count() or 1
     with TemporaryDirectory() as tmp:
         # Side by side at two thread counts of this process (the centralized trainer, or the
@@ -120,8 +142,8 @@ def main() -> None:
                     f"server compute {row['server_compute_s']:.2f} s, peak memory {memory.peak:.0f} MiB"
                 )
             out[label] = figures
-    atomic_write_bytes(Path(args.out), json.dumps(out, indent=2).encode())
-    print(f"wrote {args.out}")
+    atomic_write_bytes(out_path, json.dumps(out, indent=2).encode())
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":

@@ -234,7 +234,7 @@ class SplitClient:
             seed = batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id)
             with frozen_batchnorm_stats(self.parts.encoder):
                 z_hat, z = client_forward(self.parts, x, seed)
-            grad = grads[offset : offset + len(y)].to(z)
+            grad = torch.empty_like(z).copy_(grads[offset : offset + len(y)])  # z's device, dtype and memory layout
             offset += len(y)
             lr = lr_at(self.cfg.train, epoch, self.total_epochs)
             set_lr(self.parts.optimizer, lr)

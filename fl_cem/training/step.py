@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from fl_cem.cem import ConditionalEntropy
 from fl_cem.defenses.base import Defense
+from fl_cem.training.layout import in_model_format
 
 Metrics = dict[str, Tensor]
 
@@ -95,8 +96,12 @@ def client_forward(client: ClientParts, x: Tensor, seed: int) -> tuple[Tensor, T
 
 
 def decoder_step(server: ServerParts, z: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
-    """Server: classify the smashed data, step the decoder, return dL/dz for the client."""
-    z = z.detach().requires_grad_(True)
+    """Server: classify the smashed data, step the decoder, return dL/dz for the client.
+
+    ``z`` is put into the models' layout first: smashed data that crossed the wire arrives as a
+    plain contiguous array, and the decoder must compute on it exactly as on the encoder's output.
+    """
+    z = in_model_format(z.detach()).requires_grad_(True)
     logits = server.decoder(z)
     loss = F.cross_entropy(logits, y)
     server.optimizer.zero_grad(set_to_none=True)
