@@ -8,7 +8,7 @@ encoder step) and evaluation is the deployed path (encoder, noise, decoder). The
 is ``BatchLoader`` cutting augmented batches from uint8 images in memory, to show that the
 model, not the data, dominates an epoch. Runs on the CPU and, when present, on CUDA; on the CPU
 the training and evaluation figures are measured in both memory layouts, side by side
-(``fl_cem/training/layout.py``: channels-last is the default there). Prints and writes
+(``fl_cem/training/layout.py``: channels-last is what the CPU uses for these 32x32 inputs). Prints and writes
 ``benchmarks/results/centralized_throughput.json``.
 """
 
@@ -25,7 +25,7 @@ import torch
 from fl_cem.config import Config
 from fl_cem.data import BatchLoader, ImageSet
 from fl_cem.reporting.run_dir import atomic_write_bytes, environment
-from fl_cem.training import layout
+from fl_cem.training.layout import place
 from fl_cem.training.setup import build_client, build_model, build_server
 from fl_cem.training.step import evaluate, train_step
 
@@ -38,12 +38,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(device: torch.device, steps: int, batch: int) -> dict[str, float]:
-    """Median-of-steps images/s for training, evaluation and batch loading on ``device``."""
+def measure(device: torch.device, steps: int, batch: int, memory_format: torch.memory_format | None = None) -> dict[str, float]:
+    """Median-of-steps images/s for training, evaluation and batch loading on ``device``.
+
+    ``memory_format`` overrides the layout the project picks for the device (for comparison).
+    """
     cfg = Config.from_flat({"train.batch-size": batch, "run.device": device.type})
     model = build_model(cfg, INPUT, 10, (0.5,) * 3, (0.25,) * 3)
     client = build_client(cfg, model, 10, 50_000, device)
     server = build_server(cfg, model, device)
+    if memory_format is not None:
+        place(client.encoder, device, memory_format)
+        place(server.decoder, device, memory_format)
+        server.memory_format = memory_format
     x = torch.rand(batch, *INPUT, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     times = []
@@ -92,10 +99,7 @@ def main() -> None:
             f"{device.type}: train {figures['train_images_per_s']:.0f} img/s ({figures['train_step_ms']:.0f} ms/step), "
             f"eval {figures['eval_images_per_s']:.0f} img/s, loader {figures['loader_images_per_s']:.0f} img/s"
         )
-    default = layout.CPU_FORMAT
-    layout.CPU_FORMAT = torch.contiguous_format
-    contiguous = measure(torch.device("cpu"), args.steps, args.batch)
-    layout.CPU_FORMAT = default
+    contiguous = measure(torch.device("cpu"), args.steps, args.batch, torch.contiguous_format)
     out["cpu_contiguous_layout"] = contiguous
     out["cpu_channels_last_speedup"] = {
         "train": out["cpu"]["train_images_per_s"] / contiguous["train_images_per_s"],

@@ -53,11 +53,12 @@ def test_two_clients_train_and_report_per_client_accuracy(tiny: Callable[..., Co
     assert set(intercepted["meta"][:, 0].tolist()) <= {0, 1}
 
 
-@pytest.mark.parametrize(("variant", "lam"), [("paper", 0.0), ("paper", 0.01), ("official", 16.0)])
-def test_one_client_equals_centralized_training(tiny: Callable[..., Config], variant: str, lam: float) -> None:
+@pytest.mark.parametrize(("variant", "lam", "side"), [("paper", 0.0, 8), ("paper", 0.01, 8), ("official", 16.0, 8), ("paper", 0.01, 32)])
+def test_one_client_equals_centralized_training(tiny: Callable[..., Config], variant: str, lam: float, side: int) -> None:
     # Prepare: one client holding all data, exact chunk, CEM fitted locally as centralized does
-    # (official: no CEM in epoch 1, the mixture fitted after it)
-    common = {"partition.num-partitions": 1, "federated.chunk": 1, "federated.rounds": 2, "federated.local-epochs": 1, "train.epochs": 2, "cem.lambda": lam, "cem.variant": variant, "cem.federation": "local"}
+    # (official: no CEM in epoch 1, the mixture fitted after it); 32x32 images run channels-last
+    # on the CPU, so smashed data and gradients change layout on the wire
+    common = {"partition.num-partitions": 1, "federated.chunk": 1, "federated.rounds": 2, "federated.local-epochs": 1, "train.epochs": 2, "cem.lambda": lam, "cem.variant": variant, "cem.federation": "local", "data.image-size": side}
     fed = tiny(**common, **{"run.name": "fed"})
     cen = tiny(**common, **{"run.name": "cen"})
     # Execute

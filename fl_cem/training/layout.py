@@ -1,9 +1,11 @@
-"""Memory layout of the models and of the smashed data, per device.
+"""Memory layout of the models and of the smashed data.
 
-On the CPU, oneDNN's channels-last convolution, pooling and batch-norm kernels are faster than
-the default layout's (``benchmarks/centralized_throughput.py`` measures both side by side; the
-encoder's full-resolution layers gain most, which also makes a federated client's recomputed
-forward pass cheaper). CUDA keeps the default layout, where this was not measured.
+On the CPU, oneDNN's channels-last convolution, pooling and batch-norm kernels beat the default
+layout on CIFAR-sized images (``benchmarks/centralized_throughput.py`` measures both side by
+side; the encoder's full-resolution layers gain most, which also makes a federated client's
+recomputed forward pass cheaper), but lose on tiny ones: an epoch on the embedded 8x8 digits
+took 1.3-1.5x longer. So the CPU runs channels-last from 32x32 pixels up; CUDA keeps the
+default layout, where this was not measured.
 
 The layout also decides the order of float reductions (batch norm), so the two sides of the
 wire put tensors back into it: smashed data arrives at the server, and gradients at the client,
@@ -15,20 +17,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-CPU_FORMAT = torch.channels_last
-"""The CPU layout; ``benchmarks/centralized_throughput.py`` sets it to compare layouts."""
+CHANNELS_LAST_MIN_SIDE = 32
 
 
-def model_format(device: torch.device) -> torch.memory_format:
-    return CPU_FORMAT if device.type == "cpu" else torch.contiguous_format
+def model_format(device: torch.device, input_shape: tuple[int, ...]) -> torch.memory_format:
+    """The layout for a model on ``device`` whose inputs are ``input_shape`` (C, H, W)."""
+    if device.type == "cpu" and min(input_shape[1:]) >= CHANNELS_LAST_MIN_SIDE:
+        return torch.channels_last
+    return torch.contiguous_format
 
 
-def place(module: nn.Module, device: torch.device) -> nn.Module:
-    """Move ``module`` to ``device`` in that device's layout (only 4-d weights change layout)."""
-    return module.to(device, memory_format=model_format(device))
+def place(module: nn.Module, device: torch.device, memory_format: torch.memory_format) -> nn.Module:
+    """Move ``module`` to ``device`` in ``memory_format`` (only 4-d weights change layout)."""
+    return module.to(device, memory_format=memory_format)
 
 
-def in_model_format(t: Tensor) -> Tensor:
-    """``t`` (a batch of feature maps) in the layout the models use on its device."""
-    return t.contiguous(memory_format=model_format(t.device)) if t.dim() == 4 else t
+def in_format(t: Tensor, memory_format: torch.memory_format) -> Tensor:
+    """``t`` in ``memory_format`` when it is a batch of feature maps; other tensors as they are."""
+    return t.contiguous(memory_format=memory_format) if t.dim() == 4 else t

@@ -13,7 +13,7 @@ from fl_cem.data import BatchLoader, ImageSet
 from fl_cem.defenses.base import Shapes
 from fl_cem.defenses.registry import get_defense
 from fl_cem.models.split import SplitModel, build_split_model
-from fl_cem.training.layout import place
+from fl_cem.training.layout import model_format, place
 from fl_cem.training.step import ClientParts, ServerParts
 
 
@@ -79,7 +79,7 @@ def train_loader(data: ImageSet, cfg: Config, natural: bool, device: torch.devic
 def build_client(cfg: Config, model: SplitModel, num_classes: int, dataset_size: int, device: torch.device) -> ClientParts:
     """Encoder (possibly reshaped by the defense), defense, optimizer and CEM statistics."""
     defense = get_defense(cfg.defense.name)(cfg, Shapes(model.input_shape, model.smashed_shape))
-    encoder = place(defense.wrap_encoder(model.encoder), device)
+    encoder = place(defense.wrap_encoder(model.encoder), device, model_format(device, model.input_shape))
     defense.to(device)
     cem = ConditionalEntropy(cfg.cem, cfg.noise.sigma, num_classes, dataset_size)
     return ClientParts(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, cem)
@@ -87,5 +87,6 @@ def build_client(cfg: Config, model: SplitModel, num_classes: int, dataset_size:
 
 def build_server(cfg: Config, model: SplitModel, device: torch.device) -> ServerParts:
     """The shared decoder and its optimizer."""
-    decoder = place(model.decoder, device)
-    return ServerParts(decoder, sgd(decoder.parameters(), cfg.train))
+    memory_format = model_format(device, model.input_shape)
+    decoder = place(model.decoder, device, memory_format)
+    return ServerParts(decoder, sgd(decoder.parameters(), cfg.train), memory_format)

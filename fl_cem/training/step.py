@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from fl_cem.cem import ConditionalEntropy
 from fl_cem.defenses.base import Defense
-from fl_cem.training.layout import in_model_format
+from fl_cem.training.layout import in_format
 
 Metrics = dict[str, Tensor]
 
@@ -49,6 +49,8 @@ class ServerParts:
 
     decoder: nn.Module
     optimizer: torch.optim.Optimizer
+    memory_format: torch.memory_format = torch.contiguous_format
+    """The decoder's layout (``fl_cem/training/layout.py``); smashed data is put into it."""
 
 
 def batch_seed(seed: int, epoch: int, batch: int, client: int = 0) -> int:
@@ -98,10 +100,11 @@ def client_forward(client: ClientParts, x: Tensor, seed: int) -> tuple[Tensor, T
 def decoder_step(server: ServerParts, z: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
     """Server: classify the smashed data, step the decoder, return dL/dz for the client.
 
-    ``z`` is put into the models' layout first: smashed data that crossed the wire arrives as a
-    plain contiguous array, and the decoder must compute on it exactly as on the encoder's output.
+    ``z`` is put into the decoder's layout first: smashed data that crossed the wire arrives as
+    a plain contiguous array, and a layout-sensitive first layer (batch norm reduces in layout
+    order) must compute on it exactly as on the encoder's output.
     """
-    z = in_model_format(z.detach()).requires_grad_(True)
+    z = in_format(z.detach(), server.memory_format).requires_grad_(True)
     logits = server.decoder(z)
     loss = F.cross_entropy(logits, y)
     server.optimizer.zero_grad(set_to_none=True)
