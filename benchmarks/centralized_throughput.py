@@ -8,8 +8,8 @@ encoder step) and evaluation is the deployed path (encoder, noise, decoder). The
 is ``BatchLoader`` cutting augmented batches from uint8 images in memory, to show that the
 model, not the data, dominates an epoch. Runs on the CPU and, when present, on CUDA; on the CPU
 the training and evaluation figures are measured in both memory layouts, side by side
-(``fl_cem/training/layout.py``: channels-last is what the CPU uses for these 32x32 inputs). Prints and writes
-``benchmarks/results/centralized_throughput.json``.
+(``fl_cem/training/layout.py``: the CPU runs these 32x32 inputs channels-last). Prints and
+writes ``benchmarks/results/centralized_throughput.json``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-
 def build_model(
     cfg: Config, input_shape: tuple[int, int, int], num_classes: int, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> SplitModel:
