@@ -64,11 +64,11 @@ def test_one_client_equals_centralized_training(tiny: Callable[..., Config], var
     # Execute
     simulate(fed, num_clients=1)
     train_centralized(cen, log=lambda _: None)
-    # Assert: identical up to float reassociation (observed: bit-identical)
+    # Assert: bit-identical
     a, b = federated_weights(RunDir.for_config(fed)), centralized_weights(RunDir.for_config(cen))
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key].double(), b[key].double(), rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
 def test_merged_client_statistics_equal_statistics_of_the_union(tiny: Callable[..., Config]) -> None:

@@ -31,6 +31,7 @@ from fl_cem.cem import MixtureStats
 from fl_cem.cem.kmeans import fit_class_centres
 from fl_cem.config import Config
 from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
+from fl_cem.training.layout import in_format
 from fl_cem.training.setup import build_client, build_model, lr_at, set_lr, train_loader
 from fl_cem.training.step import (
     ClientParts,
@@ -234,7 +235,7 @@ class SplitClient:
             seed = batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id)
             with frozen_batchnorm_stats(self.parts.encoder):
                 z_hat, z = client_forward(self.parts, x, seed)
-            grad = torch.empty_like(z).copy_(grads[offset : offset + len(y)])  # z's device, dtype and memory layout
+            grad = in_format(grads[offset : offset + len(y)].to(z), self.parts.memory_format)
             offset += len(y)
             lr = lr_at(self.cfg.train, epoch, self.total_epochs)
             set_lr(self.parts.optimizer, lr)

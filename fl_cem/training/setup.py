@@ -78,10 +78,11 @@ def train_loader(data: ImageSet, cfg: Config, natural: bool, device: torch.devic
 def build_client(cfg: Config, model: SplitModel, num_classes: int, dataset_size: int, device: torch.device) -> ClientParts:
     """Encoder (possibly reshaped by the defense), defense, optimizer and CEM statistics."""
     defense = get_defense(cfg.defense.name)(cfg, Shapes(model.input_shape, model.smashed_shape))
-    encoder = place(defense.wrap_encoder(model.encoder), device, model_format(device, model.input_shape))
+    memory_format = model_format(device, model.input_shape)
+    encoder = place(defense.wrap_encoder(model.encoder), device, memory_format)
     defense.to(device)
     cem = ConditionalEntropy(cfg.cem, cfg.noise.sigma, num_classes, dataset_size)
-    return ClientParts(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, cem)
+    return ClientParts(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, memory_format, cem)
 
 
 def build_server(cfg: Config, model: SplitModel, device: torch.device) -> ServerParts:

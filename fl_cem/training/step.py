@@ -39,6 +39,8 @@ class ClientParts:
     defense: Defense
     optimizer: torch.optim.Optimizer
     sigma: float
+    memory_format: torch.memory_format
+    """The encoder's layout (``fl_cem/training/layout.py``); gradients from the server are put into it."""
     cem: ConditionalEntropy | None = None
     """Mixture statistics; the CEM loss is added only when ``cem.cfg.lam > 0``."""
 
@@ -49,7 +51,7 @@ class ServerParts:
 
     decoder: nn.Module
     optimizer: torch.optim.Optimizer
-    memory_format: torch.memory_format = torch.contiguous_format
+    memory_format: torch.memory_format
     """The decoder's layout (``fl_cem/training/layout.py``); smashed data is put into it."""
 
 
@@ -102,7 +104,8 @@ def decoder_step(server: ServerParts, z: Tensor, y: Tensor) -> tuple[Tensor, Met
 
     ``z`` is put into the decoder's layout first: smashed data that crossed the wire arrives as
     a plain contiguous array, and a layout-sensitive first layer (batch norm reduces in layout
-    order) must compute on it exactly as on the encoder's output.
+    order) must compute on it exactly as on the encoder's output. The returned gradient is in
+    that layout too, which is the one the client puts a gradient from the wire back into.
     """
     z = in_format(z.detach(), server.memory_format).requires_grad_(True)
     logits = server.decoder(z)
