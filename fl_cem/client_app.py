@@ -62,7 +62,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
     def train_step(message: Message, client: SplitClient) -> dict[str, Any]:
         config = message.content["config"]
         if "encoder" in message.content:
-            client.parts.encoder.load_state_dict(from_record(message.content["encoder"]))
+            client.load_encoder(from_record(message.content["encoder"]))
         if "mixture" in message.content:
             client.cem.load_stats(MixtureStats.from_state_dict(from_record(message.content["mixture"])))
         if config["start"]:
@@ -77,9 +77,16 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
                 "encoder": to_record(client.parts.encoder.state_dict()),
                 "state": pack_state(client.state()),
             }
+        if client.sync_due:
+            return {
+                "config": {"status": "sync"},
+                "metrics": metric_record({"num_examples": float(len(client.loader.indices))}),
+                "encoder": to_record(client.parts.encoder.state_dict()),
+            }
         z, y, epochs, sizes = client.next_chunk(int(config["chunk"]))
         batches = [b for _, b in client.cursor.pending]
-        return {"config": {"status": "batch", "epochs": epochs, "sizes": sizes, "batches": batches}, "smashed": to_record({"z": z, "y": y})}
+        meta = {"status": "batch", "epochs": epochs, "sizes": sizes, "batches": batches, "per_epoch": len(client.loader)}
+        return {"config": meta, "smashed": to_record({"z": z, "y": y})}
 
     @handler
     def evaluate_test(message: Message, client: SplitClient) -> dict[str, Any]:
@@ -87,8 +94,14 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
             client.parts.encoder.load_state_dict(from_record(message.content["encoder"]))
         seed = int(message.content["config"]["seed"])
         z, y = client.evaluate("test", seed)
+        z_local, y_local = client.evaluate("local_test", seed)
         report = metric_record(client.cem_report(seed))
-        return {"smashed": to_record({"z": z, "y": y}), "cem": report, "state": pack_state(client.state())}
+        return {
+            "smashed": to_record({"z": z, "y": y}),
+            "smashed_local": to_record({"z": z_local, "y": y_local}),
+            "cem": report,
+            "state": pack_state(client.state()),
+        }
 
     def restore(message: Message, context: Context) -> Message:
         context.state[STATE_KEY] = message.content["state"]

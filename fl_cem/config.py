@@ -161,6 +161,8 @@ class TrainConfig:
     """SGD weight decay."""
     schedule: str = "cosine"
     """Learning-rate decay: ``cosine`` to zero, ``step`` (x0.1 at 50% and 75%) or ``constant``."""
+    warmup_epochs: float = 1.0
+    """Linear learning-rate warm-up over this many epochs, per step (the authors' one epoch); 0 disables."""
     eval_batch_size: int = 512
     """Images per evaluation batch."""
 
@@ -171,6 +173,7 @@ class TrainConfig:
         _fraction("train.momentum", self.momentum, closed_low=True)
         _non_negative("train.weight-decay", self.weight_decay)
         _one_of("train.schedule", self.schedule, SCHEDULES)
+        _non_negative("train.warmup-epochs", self.warmup_epochs)
         _positive("train.eval-batch-size", self.eval_batch_size)
 
 
@@ -322,7 +325,7 @@ class AttackConfig:
         _non_negative("attack.rmle-tv", self.rmle_tv)
 
 
-ENCODER_SYNC = ("local", "fedavg")
+VARIANTS = ("splitfed-v2", "splitfed-v1", "vanilla")
 SERVE_ORDERS = ("lockstep", "arrival")
 
 
@@ -336,9 +339,14 @@ class FederatedConfig:
     """Share of clients sampled each round."""
     min_clients: int = 1
     """Fail the run when fewer clients than this are left in a round."""
-    encoder_sync: str = "fedavg"
-    """``fedavg`` (SplitFed: encoders averaged each round, weighted by samples) or ``local``
-    (each client keeps its own encoder; the decoder then has to serve N feature spaces)."""
+    variant: str = "splitfed-v2"
+    """``splitfed-v2``: one shared decoder, encoders averaged (Thapa et al., AAAI 2022; the
+    authors' ``V2_epoch``); ``splitfed-v1``: a decoder copy per client, averaged with the
+    encoders (FedAvg of the whole model); ``vanilla``: each client keeps its own encoder and
+    the shared decoder serves N feature spaces (docs/FEDERATED.md)."""
+    sync_every: str = "epoch"
+    """When SplitFed averages: ``round``, ``epoch`` (every local epoch, as the authors' code
+    does) or a number of local batches such as ``8``; vanilla never averages."""
     chunk: int = 1
     """Batches per message; 1 is exact split learning, more trades exactness for speed."""
     client_timeout: float = 600.0
@@ -347,12 +355,24 @@ class FederatedConfig:
     """``lockstep``: serve each step's replies in partition order (reproducible, resume-exact);
     ``arrival``: serve each reply the moment it arrives (order, and so results, vary by timing)."""
 
+    @property
+    def averages_encoders(self) -> bool:
+        return self.variant != "vanilla"
+
+    def sync_period(self, batches_per_epoch: int) -> int:
+        """Local batches between two averages within a round; 0 = only at the round's end."""
+        if not self.averages_encoders or self.sync_every == "round":
+            return 0
+        return batches_per_epoch if self.sync_every == "epoch" else int(self.sync_every)
+
     def __post_init__(self) -> None:
         _positive("federated.rounds", self.rounds)
         _positive("federated.local-epochs", self.local_epochs)
         _fraction("federated.fraction-train", self.fraction_train)
         _positive("federated.min-clients", self.min_clients)
-        _one_of("federated.encoder-sync", self.encoder_sync, ENCODER_SYNC)
+        _one_of("federated.variant", self.variant, VARIANTS)
+        if not (self.sync_every in ("round", "epoch") or (self.sync_every.isdigit() and int(self.sync_every) > 0)):
+            raise ValueError(f"federated.sync-every must be 'round', 'epoch' or a positive number of batches; got {self.sync_every!r}")
         _positive("federated.chunk", self.chunk)
         _positive("federated.client-timeout", self.client_timeout)
         _one_of("federated.order", self.order, SERVE_ORDERS)
@@ -507,6 +527,8 @@ def _coerce(key: str, value: Any, default: Scalar) -> Scalar:
             return float(value)
     elif isinstance(value, str):
         return value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # ``sync-every=8`` arrives as a number from ``--run-config``
     raise ValueError(f"config key {key!r} expects {expected.__name__}; got {value!r} ({type(value).__name__})")
 
 

@@ -3,7 +3,7 @@
 Within a round the ServerApp serves smashed batches one message at a time (a ``Strategy``'s
 one-message-per-client round cannot express that); everything decided per round lives here:
 which clients train (``fraction-train``), what they start from (the SplitFed average encoder
-when ``encoder-sync = fedavg``, Thapa et al., AAAI 2022), how encoders, metrics and CEM
+with SplitFed, Thapa et al., AAAI 2022), how encoders, metrics and CEM
 statistics are aggregated, and how the per-client evaluation is summarised.
 """
 
@@ -24,7 +24,7 @@ from fl_cem.cem import MixtureStats
 from fl_cem.cem.kmeans import combine_centres
 from fl_cem.federated.wire import from_record
 
-Classify = Callable[[Tensor, Tensor], dict[str, float]]
+Classify = Callable[[Tensor, Tensor, int], dict[str, float]]
 
 
 class SplitLearningStrategy(Strategy):
@@ -34,9 +34,10 @@ class SplitLearningStrategy(Strategy):
     ----------
     fraction_train
         Share of connected clients sampled each round (at least one).
-    encoder_sync
-        ``local`` keeps each client's encoder; ``fedavg`` averages the round's encoders,
-        weighted by the clients' sample counts, and starts the next round from the average.
+    averages_encoders
+        SplitFed (V1 and V2) averages the encoders, weighted by the clients' sample counts,
+        and starts the next round (or the rest of the round, at a sync point) from the
+        average; vanilla split learning keeps each client's encoder.
     classify
         The server's decoder applied to one client's smashed evaluation data (like Flower's
         ``evaluate_fn``, but on features, since the server never holds images).
@@ -44,9 +45,9 @@ class SplitLearningStrategy(Strategy):
         Client sampling is drawn from its own generator so runs repeat exactly.
     """
 
-    def __init__(self, fraction_train: float, encoder_sync: str, classify: Classify, clusters_per_class: int, kmeans_iters: int, seed: int) -> None:
+    def __init__(self, fraction_train: float, averages_encoders: bool, classify: Classify, clusters_per_class: int, kmeans_iters: int, seed: int) -> None:
         self.fraction_train = fraction_train
-        self.encoder_sync = encoder_sync
+        self.averages_encoders = averages_encoders
         self.classify = classify
         self.clusters_per_class = clusters_per_class
         self.kmeans_iters = kmeans_iters
@@ -59,7 +60,7 @@ class SplitLearningStrategy(Strategy):
         return list(self.nodes) if self.nodes is not None else sorted(grid.get_node_ids())
 
     def summary(self) -> None:
-        print(f"SplitLearningStrategy(fraction_train={self.fraction_train}, encoder_sync={self.encoder_sync})")
+        print(f"SplitLearningStrategy(fraction_train={self.fraction_train}, averages_encoders={self.averages_encoders})")
 
     def sample(self, server_round: int, node_ids: list[int]) -> list[int]:
         """A reproducible sample of ``ceil(fraction * n)`` nodes for this round."""
@@ -72,7 +73,7 @@ class SplitLearningStrategy(Strategy):
         """First ``train.step`` message of the round for each sampled node."""
         nodes = self.sample(server_round, self.eligible(grid))
         content = {"config": config}
-        if self.encoder_sync == "fedavg" and len(arrays):
+        if self.averages_encoders and len(arrays):
             content["encoder"] = arrays
         return [Message(RecordDict(dict(content)), node, "train.step", group_id=str(server_round)) for node in nodes]
 
@@ -88,7 +89,7 @@ class SplitLearningStrategy(Strategy):
             if key != "num_examples":
                 metrics[key] = sum(float(c["metrics"][key]) * w for c, w in zip(contents, weights)) / total
         metrics["num_examples"] = total
-        if self.encoder_sync != "fedavg":
+        if not self.averages_encoders:
             return None, metrics
         records = [RecordDict({"encoder": c["encoder"], "metrics": c["metrics"]}) for c in contents]
         average = aggregate_arrayrecords(records, "num_examples")
@@ -107,33 +108,33 @@ class SplitLearningStrategy(Strategy):
         from, so the figure is the federation's model rather than each client's last local one.
         """
         content = {"config": config}
-        if self.encoder_sync == "fedavg" and len(arrays):
+        if self.averages_encoders and len(arrays):
             content["encoder"] = arrays
         return [Message(RecordDict(dict(content)), node, "evaluate.test", group_id=str(server_round)) for node in self.eligible(grid)]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Per-client accuracy from the decoder, with mean, spread and extremes across clients."""
+        """Per-client accuracy on the global test split and on the client's local test split
+        (its own label distribution), each with mean, spread and extremes across clients."""
         per_client: dict[int, dict[str, float]] = {}
         for reply in replies:
             if not reply.has_content():
                 continue
-            data = from_record(reply.content["smashed"])
-            per_client[int(reply.content["config"]["partition_id"])] = self.classify(data["z"], data["y"])
+            pid = int(reply.content["config"]["partition_id"])
+            test = from_record(reply.content["smashed"])
+            local = from_record(reply.content["smashed_local"])
+            scores = self.classify(test["z"], test["y"], pid)
+            per_client[pid] = {"accuracy": scores["accuracy"], "loss": scores["loss"], "local_accuracy": self.classify(local["z"], local["y"], pid)["accuracy"]}
         if not per_client:
             return None
-        accuracy = torch.tensor([m["accuracy"] for m in per_client.values()], dtype=torch.float64)
-        metrics = MetricRecord(
-            {
-                "accuracy_mean": float(accuracy.mean()),
-                "accuracy_std": float(accuracy.std(unbiased=False)),
-                "accuracy_min": float(accuracy.min()),
-                "accuracy_max": float(accuracy.max()),
-                "loss_mean": sum(m["loss"] for m in per_client.values()) / len(per_client),
-                "clients": len(per_client),
-            }
-        )
-        for pid, m in sorted(per_client.items()):
-            metrics[f"accuracy_client_{pid}"] = m["accuracy"]
+        metrics = MetricRecord({"loss_mean": sum(m["loss"] for m in per_client.values()) / len(per_client), "clients": len(per_client)})
+        for name in ("accuracy", "local_accuracy"):
+            values = torch.tensor([m[name] for m in per_client.values()], dtype=torch.float64)
+            metrics[f"{name}_mean"] = float(values.mean())
+            metrics[f"{name}_std"] = float(values.std(unbiased=False))
+            metrics[f"{name}_min"] = float(values.min())
+            metrics[f"{name}_max"] = float(values.max())
+            for pid, m in sorted(per_client.items()):
+                metrics[f"{name}_client_{pid}"] = m[name]
         return metrics
 
     # ------------------------------------------------------------------ CEM

@@ -46,6 +46,9 @@ def test_two_clients_train_and_report_per_client_accuracy(tiny: Callable[..., Co
     test = rounds[-1]["test"]
     assert {"accuracy_client_0", "accuracy_client_1", "accuracy_mean", "accuracy_std"} <= set(test)
     assert 0 <= test["accuracy_min"] <= test["accuracy_mean"] <= test["accuracy_max"] <= 1
+    assert {"local_accuracy_client_0", "local_accuracy_client_1", "local_accuracy_mean"} <= set(test)
+    assert 0 <= test["local_accuracy_min"] <= test["local_accuracy_mean"] <= test["local_accuracy_max"] <= 1
+    assert "local_test_accuracy_mean" in results["final"]
     cem = results["rounds"][-1]["cem"]
     assert "client_0_hxz_relative" in cem and "global_hxz_relative" in cem
     intercepted = torch.load(RunDir.for_config(cfg).root / "intercept" / "intercept.pt", weights_only=True)

@@ -28,8 +28,8 @@ def reply(weight: float, mask: list[float], examples: float) -> Reply:
     return Reply(content)
 
 
-def strategy(sync: str = "fedavg", fraction: float = 1.0) -> SplitLearningStrategy:
-    return SplitLearningStrategy(fraction, sync, classify=lambda z, y: {}, clusters_per_class=1, kmeans_iters=1, seed=3)
+def strategy(averages: bool = True, fraction: float = 1.0) -> SplitLearningStrategy:
+    return SplitLearningStrategy(fraction, averages, classify=lambda z, y, client: {}, clusters_per_class=1, kmeans_iters=1, seed=3)
 
 
 def test_fedavg_weights_by_examples_and_keeps_masks_binary() -> None:
@@ -45,7 +45,7 @@ def test_fedavg_weights_by_examples_and_keeps_masks_binary() -> None:
 
 
 def test_local_sync_returns_no_encoder() -> None:
-    encoder, _ = strategy("local").aggregate_train(1, [reply(1.0, [1, 1], 5)])
+    encoder, _ = strategy(False).aggregate_train(1, [reply(1.0, [1, 1], 5)])
     assert encoder is None
 
 

@@ -120,3 +120,32 @@ def _warn_left_out(labels: Tensor, parts: list[Tensor]) -> None:
             "or partition.classes-per-partition to use them",
             stacklevel=3,
         )
+
+
+def local_test_indices(test_labels: Tensor, partition_labels: Tensor, num_classes: int, seed: int, partition_id: int) -> Tensor:
+    """Positions into the test split that follow one client's label distribution.
+
+    The client's "local test" set: as many test images as the test split allows while keeping
+    the class proportions of the client's training partition (a class the client does not
+    hold does not appear). It is drawn from the shared test split rather than held out of the
+    partition, so federated clients train on exactly the images centralized training uses
+    and one client still equals centralized training.
+
+    Returns
+    -------
+    Tensor
+        Sorted int64 positions into the test split.
+    """
+    share = torch.bincount(partition_labels.cpu(), minlength=num_classes).double()
+    share /= share.sum()
+    available = torch.bincount(test_labels.cpu(), minlength=num_classes).double()
+    held = share > 0
+    size = float((available[held] / share[held]).min()) if held.any() else 0.0
+    size = min(size, float(len(test_labels)))
+    generator = rng.generator(seed, rng.LOCAL_TEST, partition_id)
+    picked = []
+    for label in torch.nonzero(held).flatten().tolist():
+        positions = torch.nonzero(test_labels.cpu() == label).flatten()
+        count = min(len(positions), int(round(float(share[label]) * size)))
+        picked.append(positions[torch.randperm(len(positions), generator=generator)[:count]])
+    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.int64)

@@ -15,6 +15,7 @@ VAL_SPLIT = 4
 EPOCH_ORDER = 5
 AUGMENT = 6
 IID_ORDER = 7
+LOCAL_TEST = 8
 
 
 def generator(*keys: int) -> torch.Generator:

@@ -31,6 +31,7 @@ from fl_cem.cem import MixtureStats
 from fl_cem.cem.kmeans import fit_class_centres
 from fl_cem.config import Config
 from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
+from fl_cem.data.partition import local_test_indices
 from fl_cem.training.layout import in_format
 from fl_cem.training.setup import build_client, build_model, lr_at, set_lr, train_loader
 from fl_cem.training.step import (
@@ -54,6 +55,8 @@ class Cursor:
     pending: list[tuple[int, int]] = field(default_factory=list)
     sums: dict[str, float] = field(default_factory=dict)
     steps: int = 0
+    since_sync: int = 0
+    """Batches smashed since the round started or the encoder was last averaged."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,11 +66,13 @@ class Cursor:
             "pending": [list(p) for p in self.pending],
             "sums": dict(self.sums),
             "steps": self.steps,
+            "since_sync": self.since_sync,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Cursor:
-        return cls(d["epoch"], d["batch"], d["end_epoch"], [tuple(p) for p in d["pending"]], dict(d["sums"]), d["steps"])  # type: ignore[misc]
+        pending = [tuple(p) for p in d["pending"]]
+        return cls(d["epoch"], d["batch"], d["end_epoch"], pending, dict(d["sums"]), d["steps"], d["since_sync"])  # type: ignore[arg-type]
 
 
 @dataclass
@@ -76,6 +81,8 @@ class Template:
 
     parts: ClientParts
     loader: BatchLoader
+    local_test: Tensor
+    """Positions into the test split with this client's label distribution."""
     initial: dict[str, Any]
 
 
@@ -101,7 +108,8 @@ def _template(config_json: str, partition_id: int, num_partitions: int, device: 
     model = build_model(cfg, splits.shape, splits.num_classes, splits.mean, splits.std)
     client = build_client(cfg, model, splits.num_classes, len(indices), torch.device(device))
     loader = train_loader(splits.train, cfg, splits.natural, torch.device(device), cfg.run.seed + 7919 * partition_id, indices)
-    template = Template(client, loader, {})
+    local_test = local_test_indices(splits.test.labels, splits.train.labels[indices.to(splits.train.labels.device)], splits.num_classes, cfg.run.seed, partition_id)
+    template = Template(client, loader, local_test, {})
     template.initial = copy.deepcopy(_dump_parts(client))
     return template
 
@@ -131,6 +139,7 @@ class SplitClient:
         template = _template(config_json, partition_id, num_partitions, str(device))
         self.parts = template.parts
         self.loader = template.loader
+        self.local_test = template.local_test
         self.total_epochs = cfg.federated.rounds * cfg.federated.local_epochs
         state = state or template.initial
         self.parts.encoder.load_state_dict(state["encoder"])
@@ -194,8 +203,8 @@ class SplitClient:
         return MixtureStats.compute(z.flatten(1), y, centres.to(z.dtype), self.cfg.cem.clusters_per_class, self.cfg.cem.covariance)
 
     def evaluate(self, split: str, seed: int) -> tuple[Tensor, Tensor]:
-        """Smashed data of a whole split, noise on, as deployed (the server classifies it)."""
-        data = getattr(self.splits, split)
+        """Smashed data of a whole split (``test``, ``val`` or ``local_test``), noise on, as deployed (the server classifies it)."""
+        data = self.splits.test.subset(self.local_test) if split == "local_test" else getattr(self.splits, split)
         loader = BatchLoader(data, self.cfg.train.eval_batch_size, self.device, shuffle=False)
         self.parts.encoder.eval()
         self.parts.defense.eval()
@@ -237,7 +246,7 @@ class SplitClient:
                 z_hat, z = client_forward(self.parts, x, seed)
             grad = in_format(grads[offset : offset + len(y)].to(z), self.parts.memory_format)
             offset += len(y)
-            lr = lr_at(self.cfg.train, epoch, self.total_epochs)
+            lr = lr_at(self.cfg.train, epoch, self.total_epochs, batch, len(self.loader))
             set_lr(self.parts.optimizer, lr)
             metrics = encoder_step(self.parts, x, y, z_hat, z, grad, lr)
             for key, value in metrics.items():
@@ -251,10 +260,25 @@ class SplitClient:
     def done(self) -> bool:
         return self.cursor.epoch >= self.cursor.end_epoch
 
+    @property
+    def _at_sync_point(self) -> bool:
+        period = self.cfg.federated.sync_period(len(self.loader))
+        return period > 0 and self.cursor.since_sync >= period
+
+    @property
+    def sync_due(self) -> bool:
+        """SplitFed averages now: a sync period of batches is smashed and stepped, the round goes on."""
+        return self._at_sync_point and not self.done and not self.cursor.pending
+
+    def load_encoder(self, state: dict[str, Tensor]) -> None:
+        """Take the federation's average encoder (round start or a sync within the round)."""
+        self.parts.encoder.load_state_dict(state)
+        self.cursor.since_sync = 0
+
     def next_chunk(self, chunk: int) -> tuple[Tensor, Tensor, list[int], list[int]]:
-        """Smash the next ``chunk`` batches (no graph kept); returns z, labels, epochs, sizes."""
+        """Smash the next ``chunk`` batches (no graph kept, never past a sync point); returns z, labels, epochs, sizes."""
         zs, ys, epochs, sizes = [], [], [], []
-        while len(zs) < chunk and not self.done:
+        while len(zs) < chunk and not self.done and not self._at_sync_point:
             epoch, batch = self.cursor.epoch, self.cursor.batch
             if batch == 0:
                 self._epoch_start(epoch)
@@ -267,6 +291,7 @@ class SplitClient:
             epochs.append(epoch)
             sizes.append(len(y))
             self.cursor.pending.append((epoch, batch))
+            self.cursor.since_sync += 1
             self.cursor.batch += 1
             if self.cursor.batch == len(self.loader):
                 self.cursor.epoch += 1

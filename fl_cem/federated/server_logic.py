@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fl_cem.config import Config
+from fl_cem.federated.averaging import average_states
 from fl_cem.federated.recorder import Interceptor
 from fl_cem.training.setup import build_model, build_server, lr_at, set_lr
 from fl_cem.training.step import ServerParts, decoder_step
 
 
 class SplitServer:
-    """Hosts the decoder, serves smashed batches in the order the loop hands them over, records what it sees."""
+    """Hosts the decoder, serves smashed batches in the order the loop hands them over, records what it sees.
+
+    SplitFed V1 (``federated.variant = splitfed-v1``) trains a copy of the decoder (and its
+    optimizer) per client and averages the copies whenever the encoders are averaged; the
+    shared ``parts`` then hold the average, which evaluation uses.
+
+    With vanilla split learning the decoder keeps one set of
+    batch-norm running statistics per client. Every training batch comes from one client, so
+    in train mode each decoder batch-norm layer normalises with that client's statistics; the
+    running averages that evaluation uses must then be that client's too, or evaluation
+    normalises N different feature spaces with their blend (docs/FEDERATED.md). The weights
+    stay shared. With SplitFed there is one encoder and so one set of statistics.
+    """
 
     def __init__(self, cfg: Config, shape: tuple[int, int, int], num_classes: int, device: torch.device) -> None:
         self.cfg = cfg
@@ -27,9 +42,56 @@ class SplitServer:
         self.smashed_shape = model.smashed_shape
         self.total_epochs = cfg.federated.rounds * cfg.federated.local_epochs
         self.interceptor = Interceptor(cfg.attack.intercept_max if cfg.attack.intercept else 0, cfg.run.seed)
+        self.norms = [m for m in self.parts.decoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.per_client_norms = cfg.federated.variant == "vanilla"
+        self.per_client_decoders = cfg.federated.variant == "splitfed-v1"
+        self.copies: dict[int, ServerParts] = {}
+        self.initial_norms = self._norm_buffers()
+        self.client_norms: dict[int, list[Tensor]] = {}
 
-    def serve(self, z: Tensor, labels: Tensor, sizes: list[int], epochs: list[int], client: int, round_: int, batches: list[int]) -> tuple[Tensor, dict[str, float]]:
-        """Decoder steps for a chunk of batches from one client; returns dL/dz for each sample."""
+    def _norm_buffers(self) -> list[Tensor]:
+        return [b.clone() for m in self.norms for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+
+    def parts_of(self, client: int) -> ServerParts:
+        """The decoder that serves ``client``: its own copy in SplitFed V1 (made from the average), else the shared one."""
+        if not self.per_client_decoders:
+            return self.parts
+        if client not in self.copies:
+            self.copies[client] = copy.deepcopy(self.parts)
+        return self.copies[client]
+
+    def average_decoders(self, weights: dict[int, float]) -> None:
+        """SplitFed V1's FedAvg of the decoder copies of ``weights``' clients into the shared decoder and every copy."""
+        clients = [c for c in sorted(weights) if c in self.copies]
+        if not self.per_client_decoders or not clients:
+            return
+        average = average_states([self.copies[c].decoder.state_dict() for c in clients], [weights[c] for c in clients])
+        self.parts.decoder.load_state_dict(average)
+        for parts in self.copies.values():
+            parts.decoder.load_state_dict(average)
+
+    @contextmanager
+    def statistics_of(self, client: int) -> Iterator[None]:
+        """Decoder batch-norm running statistics of ``client`` for the duration of the block."""
+        if not self.per_client_norms:
+            yield
+            return
+        buffers = [b for m in self.norms for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        for target, saved in zip(buffers, self.client_norms.get(client, self.initial_norms)):
+            target.copy_(saved)
+        try:
+            yield
+        finally:
+            self.client_norms[client] = self._norm_buffers()
+
+    def serve(
+        self, z: Tensor, labels: Tensor, sizes: list[int], epochs: list[int], client: int, round_: int, batches: list[int], per_epoch: int
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Decoder steps for a chunk of batches from one client; returns dL/dz for each sample.
+
+        ``per_epoch`` is the client's batches per epoch: the decoder's learning rate follows the
+        same per-step schedule as the encoder that produced the batch.
+        """
         grads, loss, correct = [], 0.0, 0
         offset = 0
         for size, epoch, batch in zip(sizes, epochs, batches):
@@ -37,26 +99,29 @@ class SplitServer:
             yb = labels[offset : offset + size].to(self.device)
             offset += size
             self.interceptor.offer(zb, yb, client, round_, epoch, batch)
-            set_lr(self.parts.optimizer, lr_at(self.cfg.train, epoch, self.total_epochs))
-            grad, metrics = decoder_step(self.parts, zb, yb)
+            parts = self.parts_of(client)
+            set_lr(parts.optimizer, lr_at(self.cfg.train, epoch, self.total_epochs, batch, per_epoch))
+            with self.statistics_of(client):
+                grad, metrics = decoder_step(parts, zb, yb)
             grads.append(grad)
             loss += float(metrics["loss"]) * size
             correct += int(metrics["correct"])
         return torch.cat(grads), {"loss_sum": loss, "correct": float(correct), "count": float(offset)}
 
     @torch.no_grad()
-    def classify(self, z: Tensor, labels: Tensor) -> dict[str, float]:
-        """Accuracy and loss of the decoder on one client's smashed evaluation data."""
+    def classify(self, z: Tensor, labels: Tensor, client: int) -> dict[str, float]:
+        """Accuracy and loss of the decoder on one client's smashed evaluation data (its own statistics)."""
         self.parts.decoder.eval()
         try:
-            correct = 0
-            loss = 0.0
-            for start in range(0, len(z), self.cfg.train.eval_batch_size):
-                zb = z[start : start + self.cfg.train.eval_batch_size].to(self.device)
-                yb = labels[start : start + self.cfg.train.eval_batch_size].to(self.device)
-                logits = self.parts.decoder(zb)
-                loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-                correct += int((logits.argmax(1) == yb).sum())
+            with self.statistics_of(client):
+                correct = 0
+                loss = 0.0
+                for start in range(0, len(z), self.cfg.train.eval_batch_size):
+                    zb = z[start : start + self.cfg.train.eval_batch_size].to(self.device)
+                    yb = labels[start : start + self.cfg.train.eval_batch_size].to(self.device)
+                    logits = self.parts.decoder(zb)
+                    loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+                    correct += int((logits.argmax(1) == yb).sum())
         finally:
             self.parts.decoder.train()
         return {"accuracy": correct / max(len(z), 1), "loss": loss / max(len(z), 1)}
@@ -66,9 +131,16 @@ class SplitServer:
             "decoder": self.parts.decoder.state_dict(),
             "optimizer": self.parts.optimizer.state_dict(),
             "interceptor": self.interceptor.state_dict(),
+            "client_norms": {str(client): buffers for client, buffers in self.client_norms.items()},
+            "copies": {str(c): {"decoder": p.decoder.state_dict(), "optimizer": p.optimizer.state_dict()} for c, p in self.copies.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.parts.decoder.load_state_dict(state["decoder"])
         self.parts.optimizer.load_state_dict(state["optimizer"])
+        self.client_norms = {int(client): list(buffers) for client, buffers in state["client_norms"].items()}
+        for client, saved in state["copies"].items():
+            parts = self.parts_of(int(client))
+            parts.decoder.load_state_dict(saved["decoder"])
+            parts.optimizer.load_state_dict(saved["optimizer"])
         self.interceptor.load_state_dict(state["interceptor"])

@@ -55,7 +55,7 @@ class FederatedRun:
         self.pixel_var = float(first["pixel_var"])
         self.server = SplitServer(cfg, self.shape, self.num_classes, resolve_device(cfg.run.device))  # type: ignore[arg-type]
         self.strategy = SplitLearningStrategy(
-            cfg.federated.fraction_train, cfg.federated.encoder_sync, self.server.classify,
+            cfg.federated.fraction_train, cfg.federated.averages_encoders, self.server.classify,
             cfg.cem.clusters_per_class, cfg.cem.kmeans_iters, cfg.run.seed,
         )
         self.strategy.nodes = sorted(self.nodes)
@@ -163,13 +163,17 @@ class FederatedRun:
                 msg.content["mixture"] = to_record(self.mixture.state_dict())
         self.exchange.send(messages)
         active = {m.metadata.dst_node_id for m in messages}
+        synced: dict[int, Message] = {}
         waiting: dict[int, Message] = {}
         wave: list[int] = []
         done: list[Message] = []
         served = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
         serving = 0.0
         replies_before, trips_before = self.exchange.replies, self.exchange.round_trip_s
-        while active:
+        while active or synced:
+            if synced and not active:
+                active = self.continue_after_sync(server_round, synced)
+                wave.clear()
             replies, late = self.exchange.receive()
             active.difference_update(late)
             waiting.update((r.metadata.src_node_id, r) for r in replies)
@@ -184,11 +188,15 @@ class FederatedRun:
                     done.append(reply)
                     active.discard(node)
                     continue
+                if meta["status"] == "sync":
+                    synced[node] = reply
+                    active.discard(node)
+                    continue
                 data = from_record(reply.content["smashed"])
                 tick = time.perf_counter()
                 try:
                     grads, metrics = self.server.serve(
-                        data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), int(meta["partition_id"]), server_round, list(meta["batches"])
+                        data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), int(meta["partition_id"]), server_round, list(meta["batches"]), int(meta["per_epoch"])
                     )
                 except (ValueError, RuntimeError) as err:
                     self.log(f"round {server_round}: smashed data from node {node} could not be served ({err}); client left out of this round")
@@ -213,6 +221,21 @@ class FederatedRun:
             "round_trip_mean_s": (self.exchange.round_trip_s - trips_before) / max(messages, 1),
             "server_compute_s": serving,
         }
+
+    def continue_after_sync(self, server_round: int, synced: dict[int, Message]) -> set[int]:
+        """SplitFed within a round: average the encoders (and V1's decoder copies) of the clients
+        at a sync point, send each the average to go on with; returns them as active again."""
+        replies = self.by_partition(synced.values())
+        encoder, _ = self.strategy.aggregate_train(server_round, replies)
+        self.server.average_decoders({self.partition(r.metadata.src_node_id): float(r.content["metrics"]["num_examples"]) for r in replies})
+        step = ConfigRecord({"round": server_round, "start": False, "chunk": self.cfg.federated.chunk})
+        assert encoder is not None
+        self.exchange.send(
+            [Message(RecordDict({"config": step, "encoder": encoder}), r.metadata.src_node_id, "train.step", group_id=str(server_round)) for r in replies]
+        )
+        nodes = set(synced)
+        synced.clear()
+        return nodes
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -242,6 +265,7 @@ class FederatedRun:
                 encoder, client_metrics = self.strategy.aggregate_train(server_round, done)
                 if encoder is not None:
                     self.global_encoder = encoder
+                self.server.average_decoders({int(r.content["config"]["partition_id"]): float(r.content["metrics"]["num_examples"]) for r in done})
                 for reply in done:
                     self.client_states[int(reply.content["config"]["partition_id"])] = bytes(reply.content["state"]["blob"])
                 train_time = time.perf_counter() - tick
@@ -294,10 +318,15 @@ class FederatedRun:
             board.scalars(section, record[section], server_round)
         done = server_round - self.start_round + 1
         total = self.cfg.federated.rounds - self.start_round + 1
+        test = record["test"]
+
+        def spread(name: str) -> str:
+            return f"{test.get(f'{name}_mean', nan):.3f} ({test.get(f'{name}_min', nan):.3f}-{test.get(f'{name}_max', nan):.3f})"
+
+        nan = float("nan")
         self.log(
             f"{eta_line(done, total, time.perf_counter() - began, 'round')} | loss {record['train_loss']:.3f} | "
-            f"test acc mean {record['test'].get('accuracy_mean', float('nan')):.3f} "
-            f"(std {record['test'].get('accuracy_std', float('nan')):.3f}, {record['clients_trained']} clients)"
+            f"test acc {spread('accuracy')} | local test acc {spread('local_accuracy')} | {record['clients_trained']} clients"
         )
 
     def summary(self) -> dict[str, Any]:
@@ -310,6 +339,9 @@ class FederatedRun:
             "test_accuracy_std": last["test"].get("accuracy_std"),
             "test_accuracy_min": last["test"].get("accuracy_min"),
             "test_accuracy_max": last["test"].get("accuracy_max"),
+            "local_test_accuracy_mean": last["test"].get("local_accuracy_mean"),
+            "local_test_accuracy_min": last["test"].get("local_accuracy_min"),
+            "local_test_accuracy_max": last["test"].get("local_accuracy_max"),
             "train_time_s": sum(r["train_time_s"] for r in self.history),
             "cem": last["cem"],
         }

@@ -84,18 +84,18 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
     began = time.perf_counter()
     try:
         for epoch in range(start, cfg.train.epochs):
-            lr = lr_at(cfg.train, epoch, cfg.train.epochs)
-            set_lr(client.optimizer, lr)
-            set_lr(server.optimizer, lr)
             batches.set_epoch(epoch)
             tick = time.perf_counter()
             sums: dict[str, torch.Tensor] = {}
             for i, (x, y) in enumerate(progress(batches, f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches))):
+                lr = lr_at(cfg.train, epoch, cfg.train.epochs, i, len(batches))
+                set_lr(client.optimizer, lr)
+                set_lr(server.optimizer, lr)
                 metrics = train_step(client, server, x, y, batch_seed(cfg.run.seed, epoch, i))
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0) + value.detach().double()
             train_time = time.perf_counter() - tick
-            record = {"epoch": epoch + 1, "lr": lr, "train_time_s": train_time, **epoch_train_metrics(sums, len(batches))}
+            record = {"epoch": epoch + 1, "lr": lr_at(cfg.train, epoch, cfg.train.epochs, len(batches) - 1, len(batches)), "train_time_s": train_time, **epoch_train_metrics(sums, len(batches))}
             record["val"] = evaluate(client.encoder, client.defense, server.decoder, iter(eval_loader(splits.val, cfg, device)), cfg.noise.sigma, cfg.run.seed)
             record["test"] = evaluate(client.encoder, client.defense, server.decoder, iter(eval_loader(splits.test, cfg, device)), cfg.noise.sigma, cfg.run.seed)
             refit = not cfg.cem.enabled or (epoch + 1) % cfg.cem.refit_every == 0

@@ -1,0 +1,105 @@
+"""Does federated split learning learn? Test accuracy of each variant against N and partition.
+
+Usage: ``python benchmarks/federated_accuracy.py [--clients 1 2 10 100] [--passes 10]
+[--partitions iid dirichlet] [--variants splitfed-v2 splitfed-v1 vanilla]``
+
+Every cell trains the main job's model (VGG11 split after conv 2, 8-channel bottleneck,
+sigma = 0.025, batch 16) on the embedded digits for the same number of passes over the data as
+the centralized reference (``--passes`` epochs centrally; ``passes / 2`` rounds of two local
+epochs federated), lambda = 0, chunk 1, lockstep order. Federated cells run the in-process
+protocol reference (``fl_cem/federated/reference.py``), which a slow test holds equal to the
+Flower path; the simulation engine would need hours for N = 100 on two cores. Variants
+(``federated.variant``, docs/FEDERATED.md): ``splitfed-v2`` (one decoder, encoders averaged
+every local epoch, the default), ``splitfed-v1`` (a decoder copy per client, averaged with the
+encoders), ``vanilla`` (each client keeps its encoder). ``dirichlet`` is label skew with
+alpha = 0.5. ``epoch_seconds`` is in-process compute, not a Flower epoch time
+(``benchmarks/federated_overhead.py`` measures that).
+
+Prints a table and writes ``benchmarks/results/federated_accuracy.json`` and ``.png``
+(accuracy against N, one line per variant and partition, the centralized accuracy dashed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+
+from fl_cem.config import Config
+from fl_cem.federated.reference import run_reference
+from fl_cem.reporting.run_dir import environment, git_commit
+from fl_cem.training.centralized import train_centralized
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 10, 100])
+    parser.add_argument("--passes", type=int, default=10)
+    parser.add_argument("--partitions", nargs="+", default=["iid", "dirichlet"])
+    parser.add_argument("--variants", nargs="+", default=["splitfed-v2", "splitfed-v1", "vanilla"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    cells = []
+    with TemporaryDirectory() as tmp:
+        base = {"run.output-dir": tmp, "run.device": "cpu", "attack.intercept": False}
+        tick = time.perf_counter()
+        central = train_centralized(Config.from_flat({**base, "run.name": "central", "train.epochs": args.passes}), log=lambda _: None)
+        central_s = time.perf_counter() - tick
+        reference = central["final"]["test_accuracy"]
+        print(f"centralized, {args.passes} epochs: test accuracy {reference:.3f} ({central_s:.0f} s)", flush=True)
+        for partition in args.partitions:
+            for variant in args.variants:
+                for n in args.clients:
+                    cfg = Config.from_flat({
+                        **base, "partition.partitioner": partition, "federated.variant": variant,
+                        "federated.rounds": args.passes // 2, "federated.local-epochs": 2,
+                    })
+                    tick = time.perf_counter()
+                    result = run_reference(cfg, n, log=lambda _: None)
+                    seconds = time.perf_counter() - tick
+                    last = result["rounds"][-1]["test"]
+                    cell = {"partition": partition, "variant": variant, "clients": n, "test_accuracy_mean": last["accuracy_mean"],
+                            "test_accuracy_min": last["accuracy_min"], "test_accuracy_max": last["accuracy_max"],
+                            "gap_to_centralized": reference - last["accuracy_mean"], "seconds": seconds,
+                            "epoch_seconds": seconds / args.passes}
+                    cells.append(cell)
+                    print(f"{partition:9s} {variant:11s} N={n:4d}: test acc {cell['test_accuracy_mean']:.3f} "
+                          f"(min {cell['test_accuracy_min']:.3f}, gap {cell['gap_to_centralized']:+.3f}) {seconds:.0f} s", flush=True)
+    out = {"passes": args.passes, "centralized_test_accuracy": reference, "centralized_epoch_seconds": central_s / args.passes,
+           "cells": cells, "commit": git_commit(), "environment": environment()}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "federated_accuracy.json").write_text(json.dumps(out, indent=2))
+    plot(out, RESULTS / "federated_accuracy.png")
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for partition in sorted({c["partition"] for c in out["cells"]}):
+        for variant in sorted({c["variant"] for c in out["cells"]}):
+            rows = [c for c in out["cells"] if c["partition"] == partition and c["variant"] == variant]
+            ax.plot([c["clients"] for c in rows], [c["test_accuracy_mean"] for c in rows], marker="o", label=f"{variant}, {partition}")
+    ax.axhline(out["centralized_test_accuracy"], linestyle="--", color="gray", label="centralized")
+    ax.set_xscale("log")
+    ax.set_xlabel("clients N")
+    ax.set_ylabel(f"test accuracy after {out['passes']} passes")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
