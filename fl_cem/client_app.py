@@ -66,7 +66,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
         if "mixture" in message.content:
             client.cem.load_stats(MixtureStats.from_state_dict(from_record(message.content["mixture"])))
         if config["start"]:
-            client.start_round(int(config["first_epoch"]), int(config["epochs"]))
+            client.start_round(int(config["first_epoch"]), int(config["epochs"]), int(config["clients"]))
         if "grads" in message.content:
             client.apply_gradients(from_record(message.content["grads"])["grads"])
         if client.done:
@@ -85,8 +85,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
             }
         z, y, epochs, sizes = client.next_chunk(int(config["chunk"]))
         batches = [b for _, b in client.cursor.pending]
-        meta = {"status": "batch", "epochs": epochs, "sizes": sizes, "batches": batches, "per_epoch": len(client.loader)}
-        return {"config": meta, "smashed": to_record({"z": z, "y": y})}
+        return {"config": {"status": "batch", "epochs": epochs, "sizes": sizes, "batches": batches}, "smashed": to_record({"z": z, "y": y})}
 
     @handler
     def evaluate_test(message: Message, client: SplitClient) -> dict[str, Any]:

@@ -47,8 +47,8 @@ def test_local_encoders_get_their_own_decoder_batch_norm_statistics() -> None:
     z = torch.randn(16, 8, 2, 2)
     y = torch.arange(16) % 10
     # Execute
-    server.serve(z + 5, y, [16], [3], 0, 1, [0], 8)
-    server.serve(z - 5, y, [16], [3], 1, 1, [0], 8)
+    server.serve(z + 5, y, [16], [3], 0, 1, [0], 80)
+    server.serve(z - 5, y, [16], [3], 1, 1, [0], 80)
     # Assert: each client's statistics moved towards its own data; the initial ones are untouched
     first, second = server.client_norms[0][0], server.client_norms[1][0]
     assert not torch.allclose(first, second)
@@ -63,8 +63,8 @@ def test_splitfed_v1_trains_a_decoder_copy_per_client_and_averages_them() -> Non
     before = {k: v.clone() for k, v in server.parts.decoder.state_dict().items()}
     z, y = torch.randn(16, 8, 2, 2), torch.arange(16) % 10
     # Execute
-    server.serve(z, y, [16], [3], 0, 1, [0], 8)
-    server.serve(-z, y, [16], [3], 1, 1, [0], 8)
+    server.serve(z, y, [16], [3], 0, 1, [0], 80)
+    server.serve(-z, y, [16], [3], 1, 1, [0], 80)
     first, second = (server.copies[c].decoder.state_dict() for c in (0, 1))
     key = next(k for k in before if k.endswith("weight"))
     # Assert: the shared decoder did not move while serving; after averaging it is the weighted mean
@@ -78,7 +78,7 @@ def test_splitfed_v1_trains_a_decoder_copy_per_client_and_averages_them() -> Non
 def test_splitfed_keeps_one_set_of_decoder_statistics() -> None:
     cfg = Config.from_flat({"federated.variant": "splitfed-v2", "attack.intercept": False, "run.device": "cpu"})
     server = SplitServer(cfg, (1, 8, 8), 10, torch.device("cpu"))
-    server.serve(torch.randn(16, 8, 2, 2), torch.arange(16) % 10, [16], [3], 0, 1, [0], 8)
+    server.serve(torch.randn(16, 8, 2, 2), torch.arange(16) % 10, [16], [3], 0, 1, [0], 80)
     assert server.client_norms == {}
 
 

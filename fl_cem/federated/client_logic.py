@@ -32,6 +32,7 @@ from fl_cem.cem.kmeans import fit_class_centres
 from fl_cem.config import Config
 from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
 from fl_cem.data.partition import local_test_indices
+from fl_cem.federated.averaging import federated_momentum, set_norm_momentum
 from fl_cem.training.layout import in_format
 from fl_cem.training.setup import build_client, build_model, lr_at, set_lr, train_loader
 from fl_cem.training.step import (
@@ -57,6 +58,8 @@ class Cursor:
     steps: int = 0
     since_sync: int = 0
     """Batches smashed since the round started or the encoder was last averaged."""
+    averaged: int = 1
+    """Clients whose encoders this round's averages combine (1: none, vanilla)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,12 +70,13 @@ class Cursor:
             "sums": dict(self.sums),
             "steps": self.steps,
             "since_sync": self.since_sync,
+            "averaged": self.averaged,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Cursor:
         pending = [tuple(p) for p in d["pending"]]
-        return cls(d["epoch"], d["batch"], d["end_epoch"], pending, dict(d["sums"]), d["steps"], d["since_sync"])  # type: ignore[arg-type]
+        return cls(d["epoch"], d["batch"], d["end_epoch"], pending, dict(d["sums"]), d["steps"], d["since_sync"], d["averaged"])  # type: ignore[arg-type]
 
 
 @dataclass
@@ -149,6 +153,7 @@ class SplitClient:
         self.cem = self.parts.cem
         self.cem.load_state_dict(state["cem"])
         self.cursor = Cursor.from_dict(state["cursor"]) if "cursor" in state else Cursor()
+        set_norm_momentum(self.parts.encoder, federated_momentum(self.cursor.averaged))
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue: saved in ``context.state`` and in server checkpoints."""
@@ -232,8 +237,12 @@ class SplitClient:
         return self.cem.report(math.prod(self.splits.shape), self.splits.pixel_var)
 
     # ------------------------------------------------------------------ training
-    def start_round(self, first_epoch: int, epochs: int) -> None:
-        self.cursor = Cursor(epoch=first_epoch, batch=0, end_epoch=first_epoch + epochs)
+    def start_round(self, first_epoch: int, epochs: int, clients: int) -> None:
+        """Begin ``epochs`` local epochs; ``clients`` train this round (their encoders' average is
+        what evaluation sees, so batch-norm statistics move at :func:`federated_momentum`)."""
+        averaged = clients if self.cfg.federated.averages_encoders else 1
+        self.cursor = Cursor(epoch=first_epoch, batch=0, end_epoch=first_epoch + epochs, averaged=averaged)
+        set_norm_momentum(self.parts.encoder, federated_momentum(averaged))
 
     def apply_gradients(self, grads: Tensor) -> None:
         """Recompute the pending batches' forward passes and step with the server's gradients."""

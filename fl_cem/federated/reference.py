@@ -47,7 +47,9 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
         for client in clients:
             if average is not None:
                 client.load_encoder(average)
-            client.start_round((server_round - 1) * fed.local_epochs, fed.local_epochs)
+            client.start_round((server_round - 1) * fed.local_epochs, fed.local_epochs, num_clients)
+        server.start_round(num_clients)
+        epoch_batches = sum(len(c.loader) for c in clients)
         grads: dict[int, Tensor] = {}
         active, synced = list(range(num_clients)), []
         loss = correct = count = 0.0
@@ -66,7 +68,7 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
                     continue
                 z, y, epochs, sizes = client.next_chunk(fed.chunk)
                 batches = [b for _, b in client.cursor.pending]
-                grads[pid], served = server.serve(z, y, sizes, epochs, pid, server_round, batches, len(client.loader))
+                grads[pid], served = server.serve(z, y, sizes, epochs, pid, server_round, batches, epoch_batches)
                 loss, correct, count = loss + served["loss_sum"], correct + served["correct"], count + served["count"]
         if fed.averages_encoders:
             average = _average(clients, list(range(num_clients)), server)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fl_cem.config import Config
-from fl_cem.federated.averaging import average_states
+from fl_cem.federated.averaging import average_states, federated_momentum, set_norm_momentum
 from fl_cem.federated.recorder import Interceptor
 from fl_cem.training.setup import build_model, build_server, lr_at, set_lr
 from fl_cem.training.step import ServerParts, decoder_step
@@ -46,6 +46,10 @@ class SplitServer:
         self.per_client_norms = cfg.federated.variant == "vanilla"
         self.per_client_decoders = cfg.federated.variant == "splitfed-v1"
         self.copies: dict[int, ServerParts] = {}
+        self.averaged = 1
+        """Clients whose decoder copies SplitFed V1 averages this round (their batch-norm momentum follows it)."""
+        self.served: dict[int, int] = {}
+        """Decoder steps taken in each local epoch (the warm-up's position)."""
         self.initial_norms = self._norm_buffers()
         self.client_norms: dict[int, list[Tensor]] = {}
 
@@ -58,7 +62,14 @@ class SplitServer:
             return self.parts
         if client not in self.copies:
             self.copies[client] = copy.deepcopy(self.parts)
+            set_norm_momentum(self.copies[client].decoder, federated_momentum(self.averaged))
         return self.copies[client]
+
+    def start_round(self, clients: int) -> None:
+        """``clients`` train this round: SplitFed V1's copies keep batch-norm statistics at :func:`federated_momentum`."""
+        self.averaged = clients
+        for parts in self.copies.values():
+            set_norm_momentum(parts.decoder, federated_momentum(clients))
 
     def average_decoders(self, weights: dict[int, float]) -> None:
         """SplitFed V1's FedAvg of the decoder copies of ``weights``' clients into the shared decoder and every copy."""
@@ -85,12 +96,14 @@ class SplitServer:
             self.client_norms[client] = self._norm_buffers()
 
     def serve(
-        self, z: Tensor, labels: Tensor, sizes: list[int], epochs: list[int], client: int, round_: int, batches: list[int], per_epoch: int
+        self, z: Tensor, labels: Tensor, sizes: list[int], epochs: list[int], client: int, round_: int, batches: list[int], epoch_batches: int
     ) -> tuple[Tensor, dict[str, float]]:
         """Decoder steps for a chunk of batches from one client; returns dL/dz for each sample.
 
-        ``per_epoch`` is the client's batches per epoch: the decoder's learning rate follows the
-        same per-step schedule as the encoder that produced the batch.
+        ``epoch_batches`` is the number of batches all of the round's clients send in one local
+        epoch: the decoder's warm-up runs over its own first pass over the data (its
+        ``epoch_batches`` steps), not over one client's, which at N = 100 is a single batch.
+        With one client this is the centralized schedule step for step.
         """
         grads, loss, correct = [], 0.0, 0
         offset = 0
@@ -100,7 +113,8 @@ class SplitServer:
             offset += size
             self.interceptor.offer(zb, yb, client, round_, epoch, batch)
             parts = self.parts_of(client)
-            set_lr(parts.optimizer, lr_at(self.cfg.train, epoch, self.total_epochs, batch, per_epoch))
+            self.served[epoch] = self.served.get(epoch, 0) + 1
+            set_lr(parts.optimizer, lr_at(self.cfg.train, epoch, self.total_epochs, self.served[epoch] - 1, epoch_batches))
             with self.statistics_of(client):
                 grad, metrics = decoder_step(parts, zb, yb)
             grads.append(grad)
@@ -132,6 +146,7 @@ class SplitServer:
             "optimizer": self.parts.optimizer.state_dict(),
             "interceptor": self.interceptor.state_dict(),
             "client_norms": {str(client): buffers for client, buffers in self.client_norms.items()},
+            "served": {str(epoch): count for epoch, count in self.served.items()},
             "copies": {str(c): {"decoder": p.decoder.state_dict(), "optimizer": p.optimizer.state_dict()} for c, p in self.copies.items()},
         }
 
@@ -139,6 +154,7 @@ class SplitServer:
         self.parts.decoder.load_state_dict(state["decoder"])
         self.parts.optimizer.load_state_dict(state["optimizer"])
         self.client_norms = {int(client): list(buffers) for client, buffers in state["client_norms"].items()}
+        self.served = {int(epoch): int(count) for epoch, count in state["served"].items()}
         for client, saved in state["copies"].items():
             parts = self.parts_of(int(client))
             parts.decoder.load_state_dict(saved["decoder"])

@@ -35,7 +35,7 @@ from fl_cem.federated.wire import from_record, to_record
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line
 from fl_cem.reporting.run_dir import RunDir, atomic_torch_save, environment, git_commit
-from fl_cem.training.setup import resolve_device
+from fl_cem.training.setup import batches_per_epoch, resolve_device
 from strategies.split_strategy import SplitLearningStrategy
 
 
@@ -158,11 +158,15 @@ class FederatedRun:
             {"round": server_round, "start": True, "first_epoch": (server_round - 1) * cfg.local_epochs, "epochs": cfg.local_epochs, "chunk": cfg.chunk}
         )
         messages = list(self.strategy.configure_train(server_round, self.global_encoder, config, self.grid))
+        for msg in messages:
+            msg.content["config"]["clients"] = len(messages)
+        self.server.start_round(len(messages))
         if self.mixture is not None and self.cfg.cem.enabled and self.cfg.cem.federation == "global":
             for msg in messages:
                 msg.content["mixture"] = to_record(self.mixture.state_dict())
         self.exchange.send(messages)
         active = {m.metadata.dst_node_id for m in messages}
+        epoch_batches = sum(batches_per_epoch(int(self.nodes[node]["num_examples"]), self.cfg.train.batch_size) for node in active)
         synced: dict[int, Message] = {}
         waiting: dict[int, Message] = {}
         wave: list[int] = []
@@ -196,7 +200,7 @@ class FederatedRun:
                 tick = time.perf_counter()
                 try:
                     grads, metrics = self.server.serve(
-                        data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), int(meta["partition_id"]), server_round, list(meta["batches"]), int(meta["per_epoch"])
+                        data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), int(meta["partition_id"]), server_round, list(meta["batches"]), epoch_batches
                     )
                 except (ValueError, RuntimeError) as err:
                     self.log(f"round {server_round}: smashed data from node {node} could not be served ({err}); client left out of this round")
