@@ -37,6 +37,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a config and load its data, as every run does before any work starts."""
+    from fl_cem.data import load_splits
+
+    cfg = _load(args)
+    splits = load_splits(cfg.data, cfg.run.seed)
+    print(
+        f"ok: {cfg.data.source} data, {len(splits.train)} training / {len(splits.val)} validation / "
+        f"{len(splits.test)} test images of shape {tuple(splits.shape)}, {splits.num_classes} classes"
+    )
+    return 0
+
+
+def cmd_federated(args: argparse.Namespace) -> int:
+    """Check the config and data here, run ``flwr run`` with them, exit non-zero unless the run finished."""
+    from fl_cem.federated.launch import run_flwr
+
+    cfg = _load(args)
+    cmd_check(args)
+    results = run_flwr(cfg, args.clients, args.federation_config)
+    if results.get("status") != "finished":
+        print(f"fl-cem: run failed: {results.get('reason', 'no status recorded')}", file=sys.stderr)
+        return 1
+    final = results["final"]
+    print(f"finished: test accuracy {final['test_accuracy_mean']:.4f} (local test {final['local_test_accuracy_mean']:.4f}), {results['clients']} clients")
+    return 0
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
     from fl_cem.attacks.run import attack_run
 
@@ -82,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a split model centrally")
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
+    check = sub.add_parser("check", help="validate a config and load its data (seconds), as fl-cem train and flwr run do first")
+    _add_config_args(check)
+    check.set_defaults(func=cmd_check)
+    federated = sub.add_parser("federated", help="check the config, run it with flwr run, exit non-zero unless it finished")
+    _add_config_args(federated)
+    federated.add_argument("--clients", type=int, default=10, help="simulated supernodes (default 10)")
+    federated.add_argument("--federation-config", default="", help='more flwr federation settings, e.g. "client-resources-num-cpus=1"')
+    federated.set_defaults(func=cmd_federated)
     attack = sub.add_parser("attack", help="invert the smashed data of a finished run")
     attack.add_argument("--run", required=True, help="run folder, e.g. runs/default")
     attack.add_argument("--attack", default="decoder", help="decoder, gan or rmle")

@@ -49,8 +49,9 @@ def _fraction(key: str, value: float, *, closed_low: bool = False) -> None:
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = "default"
-    """Run name; outputs go to ``<output-dir>/<name>/``."""
+    name: str = "auto"
+    """Run name; outputs go to ``<output-dir>/<name>/``. ``auto``: ``centralized`` for
+    ``fl-cem train``, ``federated`` for ``flwr run``, so the two never share a folder."""
     output_dir: str = "runs"
     """Root folder of all runs; relative paths resolve against the working directory."""
     seed: int = 0
@@ -474,6 +475,10 @@ class Config:
         """
         mine = {k: v for k, v in self.to_flat().items() if k not in EXECUTION_KEYS}
         return sorted(k for k in mine if mine[k] != other.get(k))
+
+    def for_kind(self, kind: str) -> Config:
+        """This config with ``run.name = auto`` resolved to the entry point's folder (``centralized``, ``federated``)."""
+        return self if self.run.name != "auto" else self.replace(**{"run.name": kind})
 
     def replace(self, **flat: Any) -> Config:
         """A copy with some flat keys changed (``cfg.replace(**{"cem.lambda": 16.0})``)."""

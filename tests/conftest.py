@@ -17,6 +17,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 torch.set_num_threads(1)
 
 TINY = {
+    "run.name": "tiny",
     "data.source": "digits",
     "model.arch": "resnet20",
     "model.cut": 1,

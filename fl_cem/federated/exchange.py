@@ -27,6 +27,24 @@ class TooFewClients(RuntimeError):
     """Raised when fewer than ``federated.min-clients`` clients are left in a round."""
 
 
+class ClientFailed(RuntimeError):
+    """A client could not even start (its first message failed): the run stops with its cause."""
+
+
+def client_cause(reason: str) -> str:
+    """The client's own message out of Flower's error report.
+
+    Flower reports a ClientApp exception as ``<class '...ClientAppException'>:<'Exception
+    ClientAppException occurred. Message: ...'>``, around the traceback in some versions; the
+    part after ``Message:`` is what our code raised.
+    """
+    text = reason.strip()
+    if "Message: " in text:
+        text = text.split("Message: ", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else text).removesuffix("'>").strip()
+
+
 @dataclass
 class Exchange:
     """Messages in flight, pulled as they arrive, with a deadline per message."""
@@ -61,6 +79,24 @@ class Exchange:
             time.sleep(POLL_SECONDS)
         return replies, late
 
+    def ask(self, message: Message) -> Message:
+        """One message and its reply; a client that fails or does not answer ends the run at once.
+
+        The first message a client gets builds its data and model: when that fails (a missing
+        data root, a dataset that cannot be downloaded), every client will fail the same way,
+        so waiting for the others would only hide the cause behind a timeout.
+        """
+        self.send([message])
+        while self.in_flight:
+            replies, late = self.receive()
+            if late:
+                raise ClientFailed(f"client on node {late[0]} did not answer its first message within {self.timeout:.0f}s (federated.client-timeout)")
+            for reply in replies:
+                if reply.has_error():
+                    raise ClientFailed(f"a client failed on its first message: {client_cause(reply.error.reason)}")
+                return reply
+        raise ClientFailed("no reply")
+
     def gather(self, messages: Iterable[Message]) -> list[Message]:
         """Send and wait for all replies (or their deadlines); errors are logged and dropped."""
         self.send(messages)
@@ -82,9 +118,8 @@ def discover(grid: Grid, exchange: Exchange, cfg: Config, log: Callable[[str], N
     while True:
         nodes = sorted(grid.get_node_ids())
         if nodes and expected is None:
-            first = exchange.gather([Message(RecordDict(), nodes[0], "query.hello")])
-            if first:
-                expected = int(first[0].content["config"]["num_partitions"])
+            first = exchange.ask(Message(RecordDict(), nodes[0], "query.hello"))
+            expected = int(first.content["config"]["num_partitions"])
         if expected is not None and len(nodes) >= expected:
             break
         if time.monotonic() > deadline:

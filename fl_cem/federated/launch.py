@@ -1,13 +1,19 @@
-"""Run a federated experiment from Python (sweeps, benchmarks, tests) without the ``flwr`` CLI.
+"""Launch federated runs: in-process (sweeps, benchmarks, tests) and through ``flwr run``.
 
-``flwr run .`` is the product's entry point; this in-process launcher runs the same ServerApp
-and ClientApp through Flower's simulation engine, with the config passed as overrides because
-``run_simulation`` hands the apps an empty run config.
+``run_federated`` runs the same ServerApp and ClientApp through Flower's simulation engine in
+this process, with the config passed as overrides because ``run_simulation`` hands the apps an
+empty run config. ``run_flwr`` (``fl-cem federated``) validates a config as ``fl-cem train``
+does, then starts ``flwr run`` with it and reports the run's status.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +47,55 @@ def run_federated(cfg: Config, num_clients: int | None = None, client_cpus: floa
         num_supernodes=clients,
         backend_config={"client_resources": {"num_cpus": client_cpus}, "init_args": {"include_dashboard": False}},
     )
-    results = RunDir.for_config(cfg).read_results()
+    results = RunDir.for_config(cfg.for_kind("federated")).read_results()
     if "final" not in results:
         raise RuntimeError(f"federated run {cfg.run.name} ended without a final summary; see the log above")
     return results
+
+
+def project_root() -> Path:
+    """The Flower App folder (its pyproject.toml names the apps) that ``flwr run`` needs."""
+    from fl_cem.reporting.run_dir import _installed_source
+
+    for folder in (Path(__file__).resolve().parents[2], _installed_source()):
+        if folder is not None and (folder / "pyproject.toml").is_file() and "[tool.flwr.app" in (folder / "pyproject.toml").read_text():
+            return folder
+    raise FileNotFoundError("fl-cem federated needs the project checkout (flwr run reads its pyproject.toml): install it with pip install -e .")
+
+
+def run_config_toml(cfg: Config) -> str:
+    """Every key of ``cfg`` as the nested tables ``flwr run --run-config FILE`` reads."""
+    sections: dict[str, list[str]] = {}
+    for key, value in cfg.to_flat().items():
+        section, name = key.split(".", 1)
+        sections.setdefault(section, []).append(f"{name} = {json.dumps(value)}")
+    return "\n".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in sections.items())
+
+
+def run_flwr(cfg: Config, clients: int, federation_config: str = "") -> dict[str, Any]:
+    """``flwr run`` of ``cfg`` on ``clients`` simulated supernodes, streamed; returns results.json.
+
+    ``flwr run`` exits 0 whether the run finished or failed, so the outcome is read from the
+    ``status`` the ServerApp writes; results older than this call do not count.
+    """
+    cfg = cfg.for_kind("federated")
+    absolute = {"run.output-dir": str(Path(cfg.run.output_dir).resolve())}
+    if cfg.data.root:
+        absolute["data.root"] = str(Path(cfg.data.root).expanduser().resolve())
+    cfg = cfg.replace(**absolute)
+    run = RunDir.for_config(cfg)
+    started = time.time()
+    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    federation = " ".join(part for part in (f"num-supernodes={clients}", federation_config) if part)
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as file:
+        file.write(run_config_toml(cfg))
+    try:
+        flwr = Path(sys.executable).with_name("flwr")
+        command = [str(flwr if flwr.is_file() else "flwr"), "run", str(project_root()), "--run-config", file.name, "--federation-config", federation, "--stream"]
+        subprocess.run(command, env=env, check=False)
+    finally:
+        os.unlink(file.name)
+    if not run.results_path.is_file() or run.results_path.stat().st_mtime < started:
+        return {"status": "failed", "reason": f"the run wrote no results to {run.results_path}; see flwr's output above"}
+    return run.read_results()

@@ -34,7 +34,7 @@ from fl_cem.federated.server_logic import SplitServer
 from fl_cem.federated.wire import from_record, to_record
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line
-from fl_cem.reporting.run_dir import RunDir, atomic_torch_save, environment, git_commit
+from fl_cem.reporting.run_dir import RunDir, RunFolderTaken, atomic_torch_save, environment, git_commit, refuse_other_kind
 from fl_cem.training.setup import batches_per_epoch, resolve_device
 from strategies.split_strategy import SplitLearningStrategy
 
@@ -69,6 +69,7 @@ class FederatedRun:
     def save(self, next_round: int) -> None:
         atomic_torch_save(
             {
+                "kind": "federated",
                 "config": self.cfg.to_flat(),
                 "round": next_round,
                 "server": self.server.state_dict(),
@@ -83,9 +84,13 @@ class FederatedRun:
     def resume(self) -> None:
         """Restore the last finished round and hand every client its saved state back."""
         state = torch.load(self.run_dir.checkpoint_path, map_location="cpu", weights_only=True)
+        refuse_other_kind(self.run_dir, state, "federated")
         changed = self.cfg.differences(state["config"])
         if changed:
-            raise ValueError(f"{self.run_dir.root} holds a checkpoint of a different config (keys differ: {', '.join(changed)})")
+            raise RunFolderTaken(
+                f"{self.run_dir.root} holds a checkpoint of a different config (keys differ: {', '.join(changed)}); "
+                "choose another run.name or set run.resume = false to start over"
+            )
         self.server.load_state_dict(state["server"])
         self.global_encoder = to_record(state["global_encoder"]) if state["global_encoder"] else ArrayRecord()
         self.mixture = MixtureStats.from_state_dict(state["mixture"]) if state["mixture"] else None
@@ -248,6 +253,7 @@ class FederatedRun:
         self.run_dir.write_config(cfg)
         results: dict[str, Any] = {
             "kind": "federated",
+            "status": "running",
             "config": cfg.to_flat(),
             "commit": git_commit(),
             "environment": environment(),
@@ -255,6 +261,7 @@ class FederatedRun:
             "rounds": self.history,
             **{k: v for k, v in self.run_dir.read_results().items() if k == "attacks"},
         }
+        self.run_dir.write_results(results)
         board = Board(self.run_dir.tb_dir)
         began = time.perf_counter()
         try:
@@ -295,6 +302,7 @@ class FederatedRun:
         finally:
             board.close()
         results["final"] = self.summary()
+        results["status"] = "finished"
         self.run_dir.write_results(results)
         return results
 

@@ -64,18 +64,34 @@ def config_toml(cfg: Config) -> str:
 
 
 def git_commit() -> str:
-    """The source commit, so every result can be traced to the code that made it."""
+    """The source commit, so every result can be traced to the code that made it.
+
+    ``flwr run`` executes a bundled copy of the app outside any git checkout; an editable
+    install still records where its source lives, and that checkout's commit is the code.
+    """
+    for folder in (Path(__file__).resolve().parent, _installed_source()):
+        if folder is None:
+            continue
+        try:
+            out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return "unknown"
+
+
+def _installed_source() -> Path | None:
+    """The project folder of an editable ``pip install -e .`` (from its ``direct_url.json``)."""
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        text = metadata.distribution("fl-cem").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return None
+    url = json.loads(text).get("url", "") if text else ""
+    return Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
 
 
 def environment() -> dict[str, str]:
@@ -88,6 +104,32 @@ def environment() -> dict[str, str]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+STATUSES = ("running", "finished", "failed")
+"""``status`` in every results.json: check it, not the exit code of ``flwr run`` (always 0)."""
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line naming what went wrong: the exception's message, or that the run was interrupted."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+
+
+class RunFolderTaken(ValueError):
+    """A run folder holds a checkpoint this run must not resume; nothing in it is touched."""
+
+
+def refuse_other_kind(run: "RunDir", checkpoint: dict[str, Any], kind: str) -> None:
+    """Refuse to resume a checkpoint another entry point wrote (older ones are told apart by their keys)."""
+    theirs = checkpoint.get("kind") or ("federated" if "client_states" in checkpoint else "centralized")
+    if theirs != kind:
+        raise RunFolderTaken(
+            f"{run.root} holds a {theirs} run's checkpoint, and this is a {kind} run; "
+            "choose another run.name, or set run.resume = false to start over there"
+        )
 
 
 class RunDir:
@@ -123,6 +165,15 @@ class RunDir:
 
     def write_results(self, results: dict[str, Any]) -> None:
         atomic_write_bytes(self.results_path, json.dumps(results, indent=2, sort_keys=False).encode())
+
+    def mark_failed(self, err: BaseException, kind: str) -> None:
+        """Record in results.json that the run failed and why, keeping everything already recorded."""
+        results = self.read_results()
+        results.setdefault("kind", kind)
+        results.setdefault("commit", git_commit())
+        results["status"] = "failed"
+        results["reason"] = failure_reason(err)
+        self.write_results(results)
 
     def write_config(self, cfg: Config) -> None:
         atomic_write_bytes(self.config_path, config_toml(cfg).encode())

@@ -18,7 +18,7 @@ from fl_cem.data import BatchLoader, DataSplits, load_splits
 from fl_cem.models.split import complexity
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line, progress
-from fl_cem.reporting.run_dir import RunDir, atomic_torch_save, environment, git_commit
+from fl_cem.reporting.run_dir import RunDir, RunFolderTaken, atomic_torch_save, environment, git_commit, refuse_other_kind
 from fl_cem.training.setup import build_client, build_model, build_server, lr_at, resolve_device, set_lr, train_loader
 from fl_cem.training.step import ClientParts, batch_seed, evaluate, smashed_features, train_step
 
@@ -52,6 +52,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
     on_epoch_end
         Called after each finished (checkpointed) epoch with its record; sweeps and tests use it.
     """
+    cfg = cfg.for_kind("centralized")
     device = resolve_device(cfg.run.device)
     run = RunDir.for_config(cfg)
     splits = load_splits(cfg.data, cfg.run.seed)
@@ -68,6 +69,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
     run.write_config(cfg)
     results: dict[str, Any] = {
         "kind": "centralized",
+        "status": "running",
         "config": cfg.to_flat(),
         "commit": git_commit(),
         "environment": environment(),
@@ -76,6 +78,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
         "epochs": history,
         **{k: v for k, v in run.read_results().items() if k == "attacks"},
     }
+    run.write_results(results)
     assert client.cem is not None
     if cfg.cem.enabled and cfg.cem.fits_before_training and not client.cem.fitted:
         measure_cem(client, cfg, splits, device, refit=True, seed=cfg.run.seed)
@@ -111,9 +114,13 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
             )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
+    except BaseException as err:
+        run.mark_failed(err, "centralized")
+        raise
     finally:
         board.close()
     results["final"] = final_summary(history)
+    results["status"] = "finished"
     run.write_results(results)
     return results
 
@@ -165,6 +172,7 @@ def save_checkpoint(run: RunDir, cfg: Config, next_epoch: int, client: ClientPar
     assert client.cem is not None
     atomic_torch_save(
         {
+            "kind": "centralized",
             "config": cfg.to_flat(),
             "epoch": next_epoch,
             "encoder": client.encoder.state_dict(),
@@ -183,9 +191,10 @@ def save_checkpoint(run: RunDir, cfg: Config, next_epoch: int, client: ClientPar
 def load_checkpoint(run: RunDir, cfg: Config, client: ClientParts, server: Any) -> tuple[int, list[dict[str, Any]]]:
     """Restore a checkpoint written by :func:`save_checkpoint`; refuses one from another config."""
     state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
+    refuse_other_kind(run, state, "centralized")
     changed = cfg.differences(state["config"])
     if changed:
-        raise ValueError(
+        raise RunFolderTaken(
             f"{run.root} holds a checkpoint of a different config (keys differ: {', '.join(changed)}); "
             "choose another run.name or set run.resume = false to start over"
         )

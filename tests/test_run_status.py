@@ -1,0 +1,127 @@
+"""Every run says whether it finished, run folders of different kinds never collide, and a
+failure under ``flwr run`` names its cause fast (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from fl_cem.cli import main
+from fl_cem.config import Config
+from fl_cem.federated.exchange import client_cause
+from fl_cem.reporting.run_dir import RunDir, RunFolderTaken, failure_reason, git_commit, refuse_other_kind
+from fl_cem.training.centralized import train_centralized
+
+from .test_flwr_cli import BIN, ROOT, flower_env  # noqa: F401  (fixture)
+
+
+def test_a_finished_run_says_so_with_its_commit(tiny: Callable[..., Config]) -> None:
+    # Execute
+    cfg = tiny(**{"train.epochs": 1})
+    train_centralized(cfg, log=lambda _: None)
+    # Assert
+    results = RunDir.for_config(cfg).read_results()
+    assert results["status"] == "finished"
+    assert results["commit"] == git_commit() != "unknown"
+
+
+def test_an_interrupted_run_is_failed_and_keeps_its_epochs(tiny: Callable[..., Config]) -> None:
+    # Prepare
+    cfg = tiny(**{"train.epochs": 3})
+
+    def interrupt(epoch: int, record: dict[str, Any]) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    # Execute
+    with pytest.raises(KeyboardInterrupt):
+        train_centralized(cfg, on_epoch_end=interrupt, log=lambda _: None)
+    # Assert
+    results = RunDir.for_config(cfg).read_results()
+    assert results["status"] == "failed" and results["reason"] == "interrupted"
+    assert len(results["epochs"]) == 2
+
+
+def test_default_names_keep_centralized_and_federated_apart() -> None:
+    cfg = Config()
+    assert cfg.for_kind("centralized").run.name == "centralized"
+    assert cfg.for_kind("federated").run.name == "federated"
+    assert cfg.replace(**{"run.name": "mine"}).for_kind("federated").run.name == "mine"
+
+
+def test_resuming_a_checkpoint_of_another_kind_is_refused(tiny: Callable[..., Config], tmp_path: Path) -> None:
+    # Prepare: a centralized run, then a federated-style checkpoint in the same folder
+    cfg = tiny(**{"train.epochs": 1})
+    train_centralized(cfg, log=lambda _: None)
+    run = RunDir.for_config(cfg)
+    before = run.read_results()
+    # Execute / Assert: both directions, with what to do
+    with pytest.raises(RunFolderTaken, match="holds a centralized run's checkpoint.*choose another run.name"):
+        refuse_other_kind(run, torch.load(run.checkpoint_path, weights_only=True), "federated")
+    torch.save({"client_states": {}, "config": cfg.to_flat()}, run.checkpoint_path)
+    with pytest.raises(RunFolderTaken, match="holds a federated run's checkpoint"):
+        train_centralized(cfg, log=lambda _: None)
+    assert run.read_results() == before  # the other run's results are left alone
+
+
+def test_failure_reasons_are_one_line() -> None:
+    assert failure_reason(ValueError("first\nsecond line")) == "ValueError: second line"
+    report = "<class 'flwr.clientapp.ClientAppException'>:<'Exception ClientAppException occurred. Message: data.root /x does not exist'>"
+    assert client_cause(report) == "data.root /x does not exist"
+
+
+def test_fl_cem_federated_rejects_a_bad_key_before_starting_flower(capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    code = main(["federated", "--set", "train.lrr=0.01"])
+    # Assert
+    assert code == 2
+    assert "unknown config key 'train.lrr' (did you mean 'train.lr'?)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "cause"),
+    [
+        ("train.lr=-1", "fl-cem: error: train.lr must be > 0; got -1.0"),
+        ("data.source='imagefolder' data.root='/nonexistent/data.tar.gz'", "data.root /nonexistent/data.tar.gz does not exist"),
+    ],
+)
+def test_flwr_run_names_the_cause_within_a_minute(flower_env: dict[str, str], tmp_path: Path, overrides: str, cause: str) -> None:
+    # Execute
+    out = tmp_path / "runs"
+    tick = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / "flwr"), "run", ".", "--run-config", f"run.output-dir='{out}' {overrides}", "--federation-config", "num-supernodes=2", "--stream"],
+        cwd=ROOT, env=flower_env, capture_output=True, text=True, timeout=300,
+    )
+    elapsed = time.monotonic() - tick
+    # Assert: the cause is printed; where a run folder exists it records the failure
+    assert cause in proc.stdout + proc.stderr
+    assert elapsed < 60, elapsed
+    results = out / "federated" / "results.json"
+    if "data.root" in overrides:
+        recorded = json.loads(results.read_text())
+        assert recorded["status"] == "failed" and cause in recorded["reason"]
+
+
+@pytest.mark.slow
+def test_fl_cem_federated_exits_non_zero_when_the_run_fails(flower_env: dict[str, str], tmp_path: Path) -> None:
+    # Prepare: a small run that finishes, and the same run asking for more clients than exist
+    out = tmp_path / "runs"
+    args = ["federated", "--clients", "2", "--set", f"run.output-dir={out}", "--set", "federated.rounds=1",
+            "--set", "data.train-subset=200", "--set", "data.test-subset=100", "--set", "model.arch=resnet20", "--set", "model.cut=1"]
+    # Execute
+    finished = subprocess.run([sys.executable, "-m", "fl_cem.cli", *args], env=flower_env, capture_output=True, text=True, timeout=600)
+    failed = subprocess.run([sys.executable, "-m", "fl_cem.cli", *args, "--set", "federated.min-clients=5"], env=flower_env, capture_output=True, text=True, timeout=600)
+    # Assert
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    assert "finished: test accuracy" in finished.stdout
+    assert failed.returncode == 1
+    assert "fl-cem: run failed: TooFewClients" in failed.stderr
