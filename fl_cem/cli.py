@@ -65,6 +65,23 @@ def cmd_federated(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop_superlink(args: argparse.Namespace) -> int:
+    """End the local SuperLink of this ``$FLWR_HOME`` (and its helpers) by pid, no one else's."""
+    import os
+    import signal
+
+    from fl_cem.federated.launch import local_superlink_pids
+
+    pids = local_superlink_pids()
+    if not pids:
+        print("no local SuperLink of this FLWR_HOME is running")
+        return 0
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    print(f"stopped the local SuperLink: pids {', '.join(map(str, pids))}")
+    return 0
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
     from fl_cem.attacks.run import attack_run
 
@@ -82,16 +99,19 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_defaults(args: argparse.Namespace) -> int:
-    """Print every key with its default as the [tool.flwr.app.config] tables of pyproject.toml."""
+    """Print every key with its default and its doc line, as the [tool.flwr.app.config] tables of pyproject.toml."""
     import json
 
+    from fl_cem.config import field_docs
+
+    docs = field_docs()
     section = None
     for key, value in Config.defaults_flat().items():
         head, name = key.split(".", 1)
         if head != section:
             print(f"\n[tool.flwr.app.config.{head}]")
             section = head
-        print(f"{name} = {json.dumps(value)}")
+        print(f"{name} = {json.dumps(value)}" + (f"  # {docs[key]}" if key in docs else ""))
     return 0
 
 
@@ -105,7 +125,12 @@ def cmd_defenses(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fl-cem", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fl-cem",
+        description="Split learning with CEM: centralized training, attacks, sweeps and reports; "
+        "federated runs through flwr run (or fl-cem federated). Every command takes the same "
+        "run-config TOML files and --set section.key=value overrides.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a split model centrally")
     _add_config_args(train)
@@ -118,14 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     federated.add_argument("--clients", type=int, default=10, help="simulated supernodes (default 10)")
     federated.add_argument("--federation-config", default="", help='more flwr federation settings, e.g. "client-resources-num-cpus=1"')
     federated.set_defaults(func=cmd_federated)
+    stop = sub.add_parser("stop-superlink", help="stop the local SuperLink flwr run started for this FLWR_HOME (by pid)")
+    stop.set_defaults(func=cmd_stop_superlink)
     attack = sub.add_parser("attack", help="invert the smashed data of a finished run")
-    attack.add_argument("--run", required=True, help="run folder, e.g. runs/default")
+    attack.add_argument("--run", required=True, help="run folder, e.g. runs/federated")
     attack.add_argument("--attack", default="decoder", help="decoder, gan or rmle")
     attack.add_argument("--mode", default="train", choices=["train", "infer"])
     attack.add_argument("--client", type=int, help="federated runs: attack this client only (default: each in turn)")
     attack.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override attack keys, e.g. attack.epochs=5")
     attack.set_defaults(func=cmd_attack)
-    defaults = sub.add_parser("defaults", help="print all config keys with defaults (pyproject form)")
+    defaults = sub.add_parser("defaults", help="print every config key with its default and doc line (pyproject form)")
     defaults.set_defaults(func=cmd_defaults)
     defenses = sub.add_parser("defenses", help="list registered defenses")
     defenses.set_defaults(func=cmd_defenses)

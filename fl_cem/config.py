@@ -485,6 +485,36 @@ class Config:
         return Config.from_flat({**self.to_flat(), **flat})
 
 
+def field_docs() -> dict[str, str]:
+    """Each key's docstring (the string under its field) on one line, by flat key.
+
+    Attribute docstrings are not kept at run time, so they are read from this module's source.
+    """
+    import ast
+    import inspect
+    import sys
+
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    sections = {f.default_factory.__name__: f.name for f in fields(Config)}  # type: ignore[union-attr]
+    docs: dict[str, str] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.ClassDef) and node.name in sections):
+            continue
+        sub_cls = getattr(sys.modules[__name__], node.name)
+        keys = {f.name: f.metadata.get("key", f.name.replace("_", "-")) for f in fields(sub_cls)}
+        for field_node, doc_node in zip(node.body, node.body[1:]):
+            if (
+                isinstance(field_node, ast.AnnAssign)
+                and isinstance(field_node.target, ast.Name)
+                and field_node.target.id in keys
+                and isinstance(doc_node, ast.Expr)
+                and isinstance(doc_node.value, ast.Constant)
+                and isinstance(doc_node.value.value, str)
+            ):
+                docs[f"{sections[node.name]}.{keys[field_node.target.id]}"] = " ".join(doc_node.value.value.split()).replace("``", "")
+    return docs
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten nested tables to dotted keys, as Flower does for run configs."""
     out: dict[str, Any] = {}

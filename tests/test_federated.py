@@ -51,6 +51,13 @@ def test_two_clients_train_and_report_per_client_accuracy(tiny: Callable[..., Co
     assert "local_test_accuracy_mean" in results["final"]
     cem = results["rounds"][-1]["cem"]
     assert "client_0_hxz_relative" in cem and "global_hxz_relative" in cem
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(RunDir.for_config(cfg).tb_dir)).Reload()
+    assert {"train/lr", "test/accuracy_client_1", "test/local_accuracy_mean", "cem/global_hxz_relative"} <= set(board.Tags()["scalars"])
+    assert "server_view/smashed_channel0" in board.Tags()["images"]
+    assert (RunDir.for_config(cfg).tb_dir / "hparams").is_dir()
+    assert results["status"] == "finished"
     intercepted = torch.load(RunDir.for_config(cfg).root / "intercept" / "intercept.pt", weights_only=True)
     assert 0 < len(intercepted["z"]) <= cfg.attack.intercept_max
     assert set(intercepted["meta"][:, 0].tolist()) <= {0, 1}

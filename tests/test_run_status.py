@@ -125,3 +125,30 @@ def test_fl_cem_federated_exits_non_zero_when_the_run_fails(flower_env: dict[str
     assert "finished: test accuracy" in finished.stdout
     assert failed.returncode == 1
     assert "fl-cem: run failed: TooFewClients" in failed.stderr
+
+
+def test_every_key_has_a_doc_line_for_fl_cem_defaults() -> None:
+    from fl_cem.config import field_docs
+
+    docs = field_docs()
+    assert set(docs) == set(Config.defaults_flat())
+    assert docs["train.warmup-epochs"].startswith("Linear learning-rate warm-up")
+
+
+def test_stop_superlink_ends_only_this_homes_superlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a stand-in process whose command line looks like this FLWR_HOME's local SuperLink
+    home = tmp_path / "flwr-home"
+    database = home / "local-superlink" / "state.db"
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "flower-superlink", "--database", str(database)])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "flower-superlink", "--database", str(tmp_path / "x.db")])
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    try:
+        # Execute
+        code = main(["stop-superlink"])
+        # Assert
+        assert code == 0
+        assert fake.wait(timeout=10) != 0
+        assert other.poll() is None
+    finally:
+        fake.kill()
+        other.kill()

@@ -99,3 +99,24 @@ def run_flwr(cfg: Config, clients: int, federation_config: str = "") -> dict[str
     if not run.results_path.is_file() or run.results_path.stat().st_mtime < started:
         return {"status": "failed", "reason": f"the run wrote no results to {run.results_path}; see flwr's output above"}
     return run.read_results()
+
+
+def local_superlink_pids() -> list[int]:
+    """Pids of the local SuperLink that ``flwr run`` started for this ``$FLWR_HOME``, and its helpers.
+
+    Flower starts it as a detached daemon with no stop command and no pid file; its command line
+    names its database under ``$FLWR_HOME/local-superlink/``, which tells it apart from other
+    users' SuperLinks. Its ``flower-superexec`` children name its pid as ``--parent-pid``.
+    """
+    home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")).expanduser().resolve()
+    marker = str(home / "local-superlink" / "state.db")
+    commands = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                commands[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+    links = [pid for pid, cmd in commands.items() if "flower-superlink" in cmd and marker in cmd]
+    helpers = [pid for pid, cmd in commands.items() if any(f"--parent-pid {link}" in cmd for link in links)]
+    return links + helpers

@@ -35,7 +35,7 @@ from fl_cem.federated.wire import from_record, to_record
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line
 from fl_cem.reporting.run_dir import RunDir, RunFolderTaken, atomic_torch_save, environment, git_commit, refuse_other_kind
-from fl_cem.training.setup import batches_per_epoch, resolve_device
+from fl_cem.training.setup import batches_per_epoch, lr_at, resolve_device
 from strategies.split_strategy import SplitLearningStrategy
 
 
@@ -285,8 +285,10 @@ class FederatedRun:
                 evaluation = self.strategy.aggregate_evaluate(server_round, eval_replies)
                 for reply in eval_replies:  # the state a client ends the round in (SplitFed loads the average here)
                     self.client_states[int(reply.content["config"]["partition_id"])] = bytes(reply.content["state"]["blob"])
+                last_epoch = server_round * cfg.federated.local_epochs - 1
                 record = {
                     "round": server_round,
+                    "lr": lr_at(cfg.train, last_epoch, self.server.total_epochs),
                     "train_time_s": train_time,
                     "clients_trained": len(done),
                     **train_metrics,
@@ -299,9 +301,10 @@ class FederatedRun:
                 self.server.interceptor.save(self.run_dir.root / "intercept" / "intercept.pt")
                 self.run_dir.write_results(results)
                 self.log_round(board, record, server_round, began)
+            results["final"] = self.summary()
+            board.hparams(cfg.to_flat(), {k: v for k, v in results["final"].items() if isinstance(v, float)})
         finally:
             board.close()
-        results["final"] = self.summary()
         results["status"] = "finished"
         self.run_dir.write_results(results)
         return results
@@ -328,6 +331,8 @@ class FederatedRun:
         board.scalars("train", {k: v for k, v in record.items() if isinstance(v, float)}, server_round)
         for section in ("client", "test", "cem"):
             board.scalars(section, record[section], server_round)
+        if self.server.interceptor.z is not None:
+            board.channels("server_view/smashed_channel0", self.server.interceptor.z, server_round)
         done = server_round - self.start_round + 1
         total = self.cfg.federated.rounds - self.start_round + 1
         test = record["test"]

@@ -24,6 +24,17 @@ class Board:
         """Log a batch of images in [0, 1] as one grid."""
         self.writer.add_image(tag, make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow), step)
 
+    def channels(self, tag: str, z: Tensor, step: int, count: int = 16) -> None:
+        """The first channel of ``count`` smashed feature maps, each scaled to [0, 1]: what crosses the wire."""
+        maps = z[:count, :1].detach().float().cpu()
+        low = maps.amin(dim=(1, 2, 3), keepdim=True)
+        high = maps.amax(dim=(1, 2, 3), keepdim=True)
+        self.images(tag, (maps - low) / (high - low + 1e-8), step)
+
+    def hparams(self, config: Mapping[str, bool | int | float | str], metrics: Mapping[str, float]) -> None:
+        """The run's config beside its final figures, for TensorBoard's HPARAMS tab across runs."""
+        self.writer.add_hparams(dict(config), {f"final/{k}": v for k, v in metrics.items() if v is not None}, run_name="hparams")
+
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()

@@ -114,12 +114,13 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
             )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
+        results["final"] = final_summary(history)
+        board.hparams(cfg.to_flat(), {k: v for k, v in results["final"].items() if isinstance(v, float)})
     except BaseException as err:
         run.mark_failed(err, "centralized")
         raise
     finally:
         board.close()
-    results["final"] = final_summary(history)
     results["status"] = "finished"
     run.write_results(results)
     return results
