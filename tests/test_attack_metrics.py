@@ -113,7 +113,9 @@ def test_save_comparison_writes_a_png_of_the_grid(tmp_path: Path) -> None:
     originals, reconstructions = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
 
     # Execute
-    path = save_comparison(tmp_path / "attacks" / "grid.png", originals, reconstructions, n=2)
+    path = save_comparison(tmp_path / "attacks" / "grid.png", originals, reconstructions, n=2, label="decoder train client 0 MSE 0.01")
 
-    # Assert: 2 columns -> 2 * 10 + 2 = 22 wide, 22 high
-    assert read_image(str(path)).shape == (3, 22, 22)
+    # Assert: 8x8 images enlarged 12x to 96 px; 2 columns -> 2 * 98 + 2 = 198 wide, 198 high plus an 18 px label strip
+    image = read_image(str(path))
+    assert image.shape == (3, 198 + 18, 198)
+    assert image[:, :18].float().mean() < 255  # the label is drawn

@@ -7,12 +7,15 @@ supplement's S.10 companions.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 SSIM_KERNEL = 11
 """Gaussian window of SSIM (Wang et al. 2004): 11x11 with sigma 1.5, shrunk for smaller images."""
@@ -140,11 +143,25 @@ def comparison_grid(originals: Tensor, reconstructions: Tensor, n: int = 8) -> T
     return make_grid(pair, nrow=n, padding=2, pad_value=1.0)
 
 
-def save_comparison(path: str | Path, originals: Tensor, reconstructions: Tensor, n: int = 8) -> Path:
-    """Write :func:`comparison_grid` as a PNG, creating parent folders; returns the path."""
+def save_comparison(path: str | Path, originals: Tensor, reconstructions: Tensor, n: int = 8, label: str = "") -> Path:
+    """Write :func:`comparison_grid` as a PNG a person can read; returns the path.
+
+    Each image is enlarged (nearest neighbour, at least 4x and at least 96 pixels high, so
+    32x32 CIFAR images come out at 128) and ``label`` (attack, mode, client, MSE) is written on
+    a strip above "originals" over "reconstructions".
+    """
+    from PIL import Image, ImageDraw
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(comparison_grid(originals, reconstructions, n), path)
+    scale = max(4, math.ceil(96 / originals.shape[-2]))
+    grid = comparison_grid(F.interpolate(originals.float(), scale_factor=scale), F.interpolate(reconstructions.float(), scale_factor=scale), n)
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    strip = 18
+    canvas = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + strip), "white")
+    canvas.paste(Image.fromarray(pixels), (0, strip))
+    ImageDraw.Draw(canvas).text((4, 3), f"{label}  (top: originals, bottom: reconstructions)".strip(), fill="black")
+    canvas.save(path)
     return path
 
 

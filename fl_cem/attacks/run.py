@@ -17,6 +17,7 @@ holds only the final weights: that mismatch works in the victim's favour and is 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -33,9 +34,13 @@ from fl_cem.defenses.base import Defense
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.wire import from_bytes
 from fl_cem.reporting.board import Board
-from fl_cem.reporting.progress import progress_bar
+from fl_cem.reporting.progress import EpochProgress
 from fl_cem.reporting.run_dir import RunDir
 from fl_cem.training.setup import build_client, build_model, resolve_device
+from fl_cem.training.step import batch_seed, smash
+
+ATTACKER = -1
+"""Client index of the attacker's noise stream: disjoint from every real client's batch seeds."""
 
 
 @dataclass
@@ -47,16 +52,17 @@ class Victim:
     defense: Defense
     client: SplitClient | None
 
-    def smash(self, sigma: float) -> Any:
-        """The client's smashing function with fresh noise per call (the attacker knows its law)."""
+    def smash(self, sigma: float, seed: int) -> Any:
+        """The client's own smashing function (:func:`fl_cem.training.step.smash`), deployed:
+        eval mode, a fresh noise draw per call from seeds the attacker picks (it knows the law)."""
         self.encoder.eval().requires_grad_(False)
         self.defense.eval().requires_grad_(False)
+        calls = itertools.count()
 
-        def smash(x: Tensor) -> Tensor:
-            z_hat = self.defense.transform(self.encoder(x))
-            return z_hat + sigma * torch.randn_like(z_hat) if sigma > 0 else z_hat
+        def smash_batch(x: Tensor) -> Tensor:
+            return smash(self.encoder, self.defense, x, sigma, batch_seed(seed, 0, next(calls), ATTACKER))[1]
 
-        return smash
+        return smash_batch
 
 
 def load_victims(run: RunDir, cfg: Config, client: int | None, device: torch.device) -> list[Victim]:
@@ -123,7 +129,8 @@ def attack_run(run_path: str, attack: str, mode: str, client: int | None = None,
     board = Board(run.tb_dir)
     outcomes = []
     try:
-        for victim in load_victims(run, cfg, client, device):
+        victims = load_victims(run, cfg, client, device)
+        for victim in victims:
             tick = time.perf_counter()
             wire = wire_targets(run, victim) if mode == "train" else None
             if wire is not None:
@@ -134,13 +141,24 @@ def attack_run(run_path: str, attack: str, mode: str, client: int | None = None,
             else:
                 aux, targets = split_images(mode, train_images, test_images, cfg.run.seed, cfg.attack.holdout)
                 target_z, source = None, "smashed"
-            model = make_attack(cfg.attack, victim.smash(cfg.noise.sigma), splits.shape, tuple(victim_shape(victim, splits.shape)), device, cfg.run.seed)
+            model = make_attack(cfg.attack, victim.smash(cfg.noise.sigma, cfg.run.seed), splits.shape, tuple(victim_shape(victim, splits.shape)), device, cfg.run.seed)
             epochs = getattr(model, "epochs", 0)
-            with progress_bar(total=epochs, desc=f"{attack} {mode} {victim.name}") as bar:
-                result = run_attack(model, aux, targets, target_z, on_epoch=lambda epoch, metrics: bar.update(1))
             tag = f"{attack}_{mode}" + (f"_client{victim.client.partition_id}" if victim.client else "")
-            grid = save_comparison(run.root / "attacks" / f"{tag}.png", result.originals, result.reconstructions)
+            position = f" ({len(outcomes) + 1}/{len(victims)})" if len(victims) > 1 else ""
+            bar = EpochProgress(epochs, f"{attack} {mode} {victim.name}{position}")
+
+            def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+                bar.update(metrics)
+                board.scalars(f"attack_{tag}", metrics, epoch)
+
+            try:
+                result = run_attack(model, aux, targets, target_z, on_epoch=on_epoch)
+            finally:
+                bar.close()
+            label = f"{attack}, {mode} mode, {victim.name}: MSE {result.metrics['mse']:.4f} (mean image {result.metrics['mse_mean_guess']:.4f})"
+            grid = save_comparison(run.root / "attacks" / f"{tag}.png", result.originals, result.reconstructions, label=label)
             board.images(f"attack/{tag}", torch.cat([result.originals[:8], result.reconstructions[:8]]), 0)
+            board.scalars(f"attack_{tag}/final", {k: v for k, v in result.metrics.items() if isinstance(v, float)}, 0)
             outcome = {
                 "attack": attack,
                 "mode": mode,
