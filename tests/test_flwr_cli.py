@@ -1,8 +1,8 @@
 """The real entry points, end to end: ``flwr run .`` on the local simulation, and the deployment
 engine (a SuperLink and two SuperNodes on loopback). Slow: each starts Flower's daemons.
 
-``flwr run`` exits 0 even when a run fails, so success is judged by the ``final`` summary that
-the ServerApp writes last to results.json. Every daemon a test starts is ended by its pid.
+``flwr run`` exits 0 even when a run fails, so success is judged by the ``status`` and the
+``final`` summary that the ServerApp writes to results.json. Every daemon a test starts is ended by its pid.
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ def free_port() -> int:
 
 
 def final_results(out: Path) -> dict:
-    path = out / "default" / "results.json"
+    path = out / "federated" / "results.json"
     assert path.is_file(), f"no results at {path}"
     results = json.loads(path.read_text())
-    assert "final" in results, "the run did not finish (no final summary)"
+    assert results.get("status") == "finished" and "final" in results, f"the run did not finish: {results.get('reason')}"
     return results
 
 
@@ -125,3 +125,23 @@ def test_deployment_engine_superlink_and_two_supernodes(flower_env: dict[str, st
     results = final_results(out)
     assert results["clients"] == 2
     assert len(results["rounds"]) == 1
+
+
+MAIN_JOB_ACCURACY_FLOOR = 0.90
+"""Issue 12: the README's main command (10 clients, defaults) reaches at least this test accuracy."""
+
+
+@pytest.mark.slow
+def test_readme_main_command_learns(flower_env: dict[str, str], tmp_path: Path) -> None:
+    # Execute: the quick start's flwr run, writing under tmp_path
+    out = tmp_path / "runs"
+    proc = subprocess.run(
+        [str(BIN / "flwr"), "run", ".", "--run-config", f"run.output-dir='{out}'", "--federation-config", "num-supernodes=10", "--stream"],
+        cwd=ROOT, env=flower_env, capture_output=True, text=True, timeout=900,
+    )
+    # Assert
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "federated" / "results.json").read_text())
+    assert results["status"] == "finished"
+    assert results["clients"] == 10
+    assert results["final"]["test_accuracy_mean"] >= MAIN_JOB_ACCURACY_FLOOR

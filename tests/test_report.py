@@ -196,3 +196,7 @@ def test_report_of_plain_run_folders_puts_centralized_and_federated_side_by_side
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "## Centralized and federated side by side" in markdown
     assert "| bottleneck+CEM | λ=16 | 88.00 | 0.0150 | 78.00 | 0.0300 |" in markdown
+    # sigma was not varied: no Fig. 4a; lambda was: Fig. 4b; two points per execution: no Fig. 3 fit
+    assert not any(name.startswith("fig4a") for name in report["figures"])
+    assert any(name.startswith("fig4b") for name in report["figures"])
+    assert report["fig3_fits"] == {}

@@ -152,3 +152,20 @@ def test_stop_superlink_ends_only_this_homes_superlink(tmp_path: Path, monkeypat
     finally:
         fake.kill()
         other.kill()
+
+
+def test_attack_progress_prints_eta_lines_when_not_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fl_cem.reporting.progress import EpochProgress
+
+    # Prepare: not a terminal, a line at most every 0 s, i.e. every epoch
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    monkeypatch.delenv("FL_CEM_PROGRESS", raising=False)
+    lines: list[str] = []
+    progress = EpochProgress(3, "decoder train client 0 (1/2)", every=0.0, log=lines.append)
+    # Execute
+    for loss in (0.3, 0.2, 0.1):
+        progress.update({"loss": loss})
+    progress.close()
+    # Assert
+    assert len(lines) == 3
+    assert lines[-1].startswith("decoder train client 0 (1/2): epoch 3/3 | elapsed") and "ETA" in lines[-1] and "loss 0.1" in lines[-1]

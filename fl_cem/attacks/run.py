@@ -35,7 +35,7 @@ from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.wire import from_bytes
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import EpochProgress
-from fl_cem.reporting.run_dir import RunDir
+from fl_cem.reporting.run_dir import RunDir, failure_reason
 from fl_cem.training.setup import build_client, build_model, resolve_device
 from fl_cem.training.step import batch_seed, smash
 
@@ -153,6 +153,12 @@ def attack_run(run_path: str, attack: str, mode: str, client: int | None = None,
 
             try:
                 result = run_attack(model, aux, targets, target_z, on_epoch=on_epoch)
+            except BaseException as err:
+                results = run.read_results()
+                failed = {"attack": attack, "mode": mode, "victim": victim.name, "status": "failed", "reason": failure_reason(err)}
+                results.setdefault("attacks", []).append(failed)
+                run.write_results(results)
+                raise
             finally:
                 bar.close()
             label = f"{attack}, {mode} mode, {victim.name}: MSE {result.metrics['mse']:.4f} (mean image {result.metrics['mse_mean_guess']:.4f})"
@@ -163,6 +169,7 @@ def attack_run(run_path: str, attack: str, mode: str, client: int | None = None,
                 "attack": attack,
                 "mode": mode,
                 "victim": victim.name,
+                "status": "finished",
                 "target_source": source,
                 "targets": len(targets),
                 "aux": len(aux),

@@ -144,7 +144,8 @@ def missing_attacks(results: dict[str, Any], attacks: tuple[AttackSpec, ...]) ->
     victims = int(results.get("clients", 1)) if results.get("kind") == "federated" else 1
     recorded: dict[tuple[str, str], set[str]] = {}
     for entry in results.get("attacks", []):
-        recorded.setdefault((entry["attack"], entry["mode"]), set()).add(entry["victim"])
+        if entry.get("status") != "failed":
+            recorded.setdefault((entry["attack"], entry["mode"]), set()).add(entry["victim"])
     return [a for a in attacks if len(recorded.get((a.attack, a.mode), set())) < victims]
 
 

@@ -74,10 +74,11 @@ def run_values(results: dict[str, Any]) -> dict[str, float]:
 
 
 def latest_attacks(results: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """The last recorded result per (attack, mode, victim): a repeated attack replaces the earlier one."""
+    """The last finished result per (attack, mode, victim): a repeated attack replaces the earlier one."""
     latest: dict[tuple[str, str, str], dict[str, Any]] = {}
     for entry in results.get("attacks", []):
-        latest[(entry["attack"], entry["mode"], entry["victim"])] = entry
+        if entry.get("status") != "failed":  # a failed attempt has no figures; an earlier success stands
+            latest[(entry["attack"], entry["mode"], entry["victim"])] = entry
     return latest
 
 

@@ -80,9 +80,9 @@ def plot_accuracy_vs_mse(table: Table, column: str, folder: Path) -> list[Path]:
         if not rows:
             continue
         name = _file_part(execution)
-        sweeping = ", sweeping σ" if SIGMA_KEY in table.roles.other else ""
-        title = f"{execution}: accuracy vs MSE{sweeping} (Fig. 4a)"
-        paths.append(_curves(rows, column, SIGMA_KEY, "σ", folder / f"fig4a_accuracy_vs_mse_sigma_{name}.png", title))
+        if len({row.other.get(SIGMA_KEY) for row in rows}) >= 2:  # a dimension that was not varied gets no figure
+            title = f"{execution}: accuracy vs MSE, sweeping σ (Fig. 4a)"
+            paths.append(_curves(rows, column, SIGMA_KEY, "σ", folder / f"fig4a_accuracy_vs_mse_sigma_{name}.png", title))
         if len({row.lam for row in rows}) >= 2:
             title = f"{execution}: accuracy vs MSE, sweeping λ (Fig. 4b)"
             paths.append(_curves(rows, column, CEM_KEY, "λ", folder / f"fig4b_accuracy_vs_mse_lambda_{name}.png", title))
@@ -107,10 +107,11 @@ def _curves(rows: list[Row], column: str, sweep_key: str, symbol: str, path: Pat
         xerr = [_zero_nan(p[1].std.get(column, math.nan)) for p in points]
         yerr = [100 * _zero_nan(p[1].std.get("accuracy", math.nan)) for p in points]
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=2, label=label)
-        for end in sorted({0, len(points) - 1}):
+        # The two ends are labelled on opposite sides: with few points they often sit close together.
+        for end, offset, align in ((0, (-4, -9), "right"), (len(points) - 1, (4, 4), "left")):
             value = points[end][0]
-            if not math.isnan(value):
-                ax.annotate(f"{symbol}={value:g}", (xs[end], ys[end]), fontsize=6, textcoords="offset points", xytext=(3, 3))
+            if not math.isnan(value) and (end == 0 or len(points) > 1):
+                ax.annotate(f"{symbol}={value:g}", (xs[end], ys[end]), fontsize=6, textcoords="offset points", xytext=offset, ha=align)
     ax.set_xlabel(_pretty(column))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
