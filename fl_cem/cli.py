@@ -93,6 +93,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             f"{outcome['attack']} ({outcome['mode']}, {outcome['victim']}, {outcome['target_source']} targets): "
             f"MSE {m['mse']:.5f} (mean guess {m['mse_mean_guess']:.5f}), PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}"
             + (f", MSE / Thm-1 bound {ratio:.2f}" if ratio is not None else "")
+            + (" -- FAILED: no better than the mean image" if outcome["failed"] else "")
         )
     print(f"appended to {args.run}/results.json")
     return 0

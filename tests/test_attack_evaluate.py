@@ -82,7 +82,7 @@ def test_run_attack_scores_recorded_smashed_data_like_freshly_smashed_data() -> 
 
     # Assert
     assert recorded == fresh
-    assert set(fresh) == {"mse", "psnr", "ssim", "mse_mean_guess"}
+    assert set(fresh) == {"mse", "psnr", "ssim", "mse_mean_guess", "mse_to_mean_image"}
 
 
 def test_run_attack_rejects_smashed_data_of_another_length() -> None:

@@ -165,10 +165,26 @@ def test_paper_table1_rows_reproduce_its_average_rows() -> None:
     assert average.gain_infer_mse == pytest.approx(0.129, abs=0.004)
 
 
-def write_run(folder: Path, kind: str, config: dict[str, Any], final: dict[str, Any], mse: float) -> None:
+def write_run(folder: Path, kind: str, config: dict[str, Any], final: dict[str, Any], mse: float, mean_image: float = 0.1) -> None:
     folder.mkdir(parents=True)
-    attack = {"attack": "decoder", "mode": "train", "victim": "v", "metrics": {"mse": mse, "psnr": 20.0, "ssim": 0.5}, "time_s": 1.0}
+    metrics = {"mse": mse, "psnr": 20.0, "ssim": 0.5, "mse_mean_guess": mean_image}
+    attack = {"attack": "decoder", "mode": "train", "victim": "v", "metrics": metrics, "time_s": 1.0}
     (folder / "results.json").write_text(json.dumps({"kind": kind, "config": config, "final": final, "attacks": [attack]}))
+
+
+def test_an_attack_that_does_not_beat_the_mean_image_is_failed_and_left_out_of_gains(tmp_path: Path) -> None:
+    # Prepare: without CEM the attack works (0.010 against a mean image of 0.060); with CEM it
+    # sits at the mean image (0.058 > 0.9 * 0.060), which measures nothing about the defense
+    config = {"defense.name": "bottleneck", "run.seed": 0}
+    write_run(tmp_path / "off", "centralized", {**config, "cem.lambda": 0.0}, {"test_accuracy": 0.9}, 0.010, mean_image=0.060)
+    write_run(tmp_path / "on", "centralized", {**config, "cem.lambda": 16.0}, {"test_accuracy": 0.88}, 0.058, mean_image=0.060)
+    # Execute
+    report = write_report(tmp_path)
+    # Assert
+    on = report["rows"][1]["mean"]
+    assert "decoder_train_mse" not in on and on["decoder_train_failed"] == 1.0
+    assert "decoder_train_mse" not in report["averages"][0]["gain"]
+    assert "failed (mean image 0.0600)" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_report_of_plain_run_folders_puts_centralized_and_federated_side_by_side(tmp_path: Path) -> None:

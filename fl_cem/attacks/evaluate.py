@@ -11,6 +11,8 @@ generalisation of the inversion, not memorisation:
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +99,18 @@ def make_attack(
     return get_attack(cfg.name)(cfg, smash, input_shape, smashed_shape, device, seed)
 
 
+MEAN_IMAGE_MARGIN = 0.9
+"""An attack succeeds only with an MSE below this share of the mean image's: guessing the
+attacker's mean image needs no smashed data at all, so an attack that does not beat it by 10 %
+measured nothing about the defense and is reported as failed, not as protection."""
+
+
+def beats_mean_image(metrics: dict[str, float]) -> bool:
+    """Whether an attack's reconstructions beat the no-information baseline by :data:`MEAN_IMAGE_MARGIN`."""
+    ratio = metrics.get("mse_to_mean_image", math.nan)
+    return bool(ratio < MEAN_IMAGE_MARGIN)
+
+
 @dataclass(frozen=True)
 class AttackResult:
     """Scores of one attack run and a few reconstructions to look at."""
@@ -159,6 +173,7 @@ def run_attack(
     reconstructions = attack.invert(target_z)
     metrics = reconstruction_metrics(reconstructions, targets)
     metrics["mse_mean_guess"] = mean_guess_mse(aux, targets)
+    metrics["mse_to_mean_image"] = metrics["mse"] / metrics["mse_mean_guess"] if metrics["mse_mean_guess"] > 0 else math.nan
     return AttackResult(
         metrics=metrics,
         fit_metrics=fit_metrics,

@@ -21,12 +21,12 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from fl_cem.attacks.evaluate import make_attack, run_attack, split_images
+from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, make_attack, run_attack, split_images
 from fl_cem.attacks.metrics import mse_bound_ratio, save_comparison
 from fl_cem.config import Config
 from fl_cem.data import load_splits
@@ -115,7 +115,9 @@ def wire_targets(run: RunDir, victim: Victim) -> tuple[Tensor, Tensor, Tensor] |
     return record["z"][rows], torch.stack(images), torch.tensor(indices)
 
 
-def attack_run(run_path: str, attack: str, mode: str, client: int | None = None, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def attack_run(
+    run_path: str, attack: str, mode: str, client: int | None = None, overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Attack every victim of a run, append the results to its results.json, return them."""
     run = RunDir(run_path)
     if not run.results_path.is_file():
@@ -175,12 +177,19 @@ def attack_run(run_path: str, attack: str, mode: str, client: int | None = None,
                 "aux": len(aux),
                 "epochs": epochs,
                 "metrics": result.metrics,
+                "failed": not beats_mean_image(result.metrics),
                 "fit": result.fit_metrics,
                 "mse_lower_bound": bound,
                 "mse_bound_ratio": mse_bound_ratio(result.metrics["mse"], bound) if bound is not None else None,
                 "time_s": time.perf_counter() - tick,
                 "grid": str(grid),
             }
+            if outcome["failed"]:
+                log(
+                    f"warning: {attack} {mode} on {victim.name} did not beat the mean image by {1 - MEAN_IMAGE_MARGIN:.0%} "
+                    f"(MSE {result.metrics['mse']:.4f}, mean image {result.metrics['mse_mean_guess']:.4f}): recorded as failed and left "
+                    "out of reports; train the attacker longer (attack.epochs) or give it more data before reading this as protection"
+                )
             outcomes.append(outcome)
             results = run.read_results()
             results.setdefault("attacks", []).append(outcome)

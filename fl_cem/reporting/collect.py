@@ -4,7 +4,9 @@ The numbers are the paper's Table 1 columns and ours, one value per run:
 
 - ``accuracy``: test accuracy of the last epoch (federated: mean over the clients' encoders);
 - ``<attack>_<mode>_{mse,psnr,ssim}``: reconstruction quality of each attack and attacker's
-  data (Sec. 5.1; federated: mean over the attacked clients, the last result per client);
+  data (Sec. 5.1; federated: mean over the attacked clients, the last result per client),
+  left out when an attack did not beat the mean image (``<attack>_<mode>_failed`` instead);
+  ``<attack>_<mode>_mean_image`` is that baseline;
 - ``hxz_relative``: ``-L_C`` (Eq. 3 with ``H(x) := 0``) of the last epoch; federated runs the mean
   over clients, and ``global_hxz_relative`` of the server's merged mixture where there is one;
 - ``mse_lower_bound`` (and ``global_mse_lower_bound``): Theorem 1's estimate (docs/CEM.md);
@@ -66,11 +68,30 @@ def run_values(results: dict[str, Any]) -> dict[str, float]:
     for (attack, mode, _), entry in latest.items():
         by_pair.setdefault(f"{attack}_{mode}", []).append(entry)
     for pair, entries in by_pair.items():
+        baselines = [float(e["metrics"]["mse_mean_guess"]) for e in entries if "mse_mean_guess" in e["metrics"]]
+        if baselines:
+            values[f"{pair}_mean_image"] = sum(baselines) / len(baselines)
+        if any(attack_failed(e) for e in entries):
+            values[f"{pair}_failed"] = 1.0  # shown as failed; no figures, so no averages or gains either
+            continue
         for quality in QUALITY:
             values[f"{pair}_{quality}"] = sum(float(e["metrics"][quality]) for e in entries) / len(entries)
     if latest:
         values["attack_s"] = sum(float(entry["time_s"]) for entry in latest.values())
     return values
+
+
+def attack_failed(entry: dict[str, Any]) -> bool:
+    """An attack that did not beat the mean image (``failed``; older results: judged from their metrics)."""
+    from fl_cem.attacks.evaluate import beats_mean_image
+
+    if "failed" in entry:
+        return bool(entry["failed"])
+    metrics = dict(entry["metrics"])
+    if not metrics.get("mse_mean_guess"):
+        return False  # no baseline recorded: nothing to judge by
+    metrics.setdefault("mse_to_mean_image", float(metrics["mse"]) / float(metrics["mse_mean_guess"]))
+    return not beats_mean_image(metrics)
 
 
 def latest_attacks(results: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:

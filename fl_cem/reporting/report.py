@@ -161,7 +161,7 @@ def _table(table: Table, rows: list[Row], columns: list[str], with_averages: boo
     averages = [a for a in table.averages if a.execution == rows[0].execution] if with_averages else []
     for i, row in enumerate(rows):
         cells = [row.label, row.cem or "—", *(str(row.other[k]) for k in other), str(row.n)]
-        cells += [_mean_std(c, row.mean.get(c), row.std.get(c)) for c in columns]
+        cells += [_failed_or(c, row) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
         last_of_block = i + 1 == len(rows) or rows[i + 1].other != row.other
         if last_of_block:
@@ -235,6 +235,14 @@ def _number(column: str, value: float | None) -> str:
     if column.endswith("hxz_relative"):
         return f"{value:.1f}"
     return f"{value:.1f}"
+
+
+def _failed_or(column: str, row: Row) -> str:
+    """A cell of a row: ``failed`` where the attack did not beat the mean image, else mean ± std."""
+    pair = column.rsplit("_", 1)[0]
+    if column not in row.mean and f"{pair}_failed" in row.mean:
+        return f"failed (mean image {_number(column, row.mean.get(f'{pair}_mean_image'))})" if column.endswith("_mse") else "failed"
+    return _mean_std(column, row.mean.get(column), row.std.get(column))
 
 
 def _mean_std(column: str, mean: float | None, std: float | None) -> str:

@@ -227,8 +227,9 @@ def _mode_gain(gains: dict[str, float], mode: str) -> float:
 def _columns(records: Sequence[RunRecord]) -> list[str]:
     """Accuracy, then each attack's MSE/PSNR/SSIM (decoder, GAN, others; train before infer), then ours."""
     present = {k for r in records for k in r.values}
-    pairs = sorted({k.rsplit("_", 1)[0] for k in present if k.rsplit("_", 1)[-1] in QUALITY}, key=_pair_order)
-    columns = ["accuracy"] + [f"{pair}_{q}" for q in QUALITY for pair in pairs if f"{pair}_{q}" in present]
+    pairs = sorted({k.rsplit("_", 1)[0] for k in present if k.rsplit("_", 1)[-1] in (*QUALITY, "failed")}, key=_pair_order)
+    shown = [f"{pair}_{q}" for q in QUALITY for pair in pairs if f"{pair}_{q}" in present or f"{pair}_failed" in present]
+    columns = ["accuracy"] + shown
     return columns + [c for c in FIXED_COLUMNS[1:] if c in present]
 
 
