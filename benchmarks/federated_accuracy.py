@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["splitfed-v2", "splitfed-v1", "vanilla"])
     parser.add_argument("--cifar10", type=Path, metavar="CONFIG", help="instead: this CIFAR-10 config centrally and with 10 clients")
     args = parser.parse_args()
+    if args.passes % 2:
+        parser.error("--passes must be even: federated cells run passes / 2 rounds of two local epochs")
     if args.cifar10:
         cifar10(args.cifar10, 10)
         return

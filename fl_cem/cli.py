@@ -26,7 +26,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from fl_cem.training.centralized import train_centralized
 
-    cfg = _load(args)
+    cfg = _load(args).for_kind("centralized")
     results = train_centralized(cfg)
     final = results["final"]
     print(
@@ -58,7 +58,8 @@ def cmd_federated(args: argparse.Namespace) -> int:
     cmd_check(args)
     results = run_flwr(cfg, args.clients, args.federation_config)
     if results.get("status") != "finished":
-        print(f"fl-cem: run failed: {results.get('reason', 'no status recorded')}", file=sys.stderr)
+        reason = results.get("reason") or f"it ended with status {results.get('status', 'unrecorded')!r}; see flwr's output above"
+        print(f"fl-cem: run failed: {reason}", file=sys.stderr)
         return 1
     final = results["final"]
     print(f"finished: test accuracy {final['test_accuracy_mean']:.4f} (local test {final['local_test_accuracy_mean']:.4f}), {results['clients']} clients")

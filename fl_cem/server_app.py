@@ -42,8 +42,10 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
             FederatedRun(grid, cfg).run()
         except RunFolderTaken as err:
             fail(f"fl-cem: error: {err}")
-        except Exception as err:
+        except BaseException as err:
             run_dir.mark_failed(err, "federated")
+            if not isinstance(err, Exception):
+                raise
             fail(f"fl-cem: error: {failure_reason(err)} (status 'failed' in {run_dir.results_path})")
 
     return app

@@ -169,3 +169,15 @@ def test_attack_progress_prints_eta_lines_when_not_on_a_terminal(monkeypatch: py
     # Assert
     assert len(lines) == 3
     assert lines[-1].startswith("decoder train client 0 (1/2): epoch 3/3 | elapsed") and "ETA" in lines[-1] and "loss 0.1" in lines[-1]
+
+
+def test_a_failure_before_a_run_starts_does_not_relabel_the_folders_earlier_run(tmp_path: Path) -> None:
+    # Prepare: a finished earlier run in the folder
+    run = RunDir(tmp_path / "federated")
+    run.write_results({"kind": "federated", "status": "finished", "rounds": [{"round": 1}], "final": {"rounds": 1}})
+    # Execute: the next run fails while discovering its clients, before it wrote anything
+    run.mark_failed(RuntimeError("a client failed on its first message: no data"), "federated")
+    # Assert: a failure record of its own, not the earlier run's rounds marked failed
+    results = run.read_results()
+    assert results["status"] == "failed" and "no data" in results["reason"]
+    assert "rounds" not in results and "final" not in results

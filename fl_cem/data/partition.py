@@ -139,7 +139,7 @@ def local_test_indices(test_labels: Tensor, partition_labels: Tensor, num_classe
     share = torch.bincount(partition_labels.cpu(), minlength=num_classes).double()
     share /= share.sum()
     available = torch.bincount(test_labels.cpu(), minlength=num_classes).double()
-    held = share > 0
+    held = (share > 0) & (available > 0)  # a class absent from the test split cannot be tested
     size = float((available[held] / share[held]).min()) if held.any() else 0.0
     size = min(size, float(len(test_labels)))
     generator = rng.generator(seed, rng.LOCAL_TEST, partition_id)

@@ -48,8 +48,8 @@ def run_federated(cfg: Config, num_clients: int | None = None, client_cpus: floa
         backend_config={"client_resources": {"num_cpus": client_cpus}, "init_args": {"include_dashboard": False}},
     )
     results = RunDir.for_config(cfg.for_kind("federated")).read_results()
-    if "final" not in results:
-        raise RuntimeError(f"federated run {cfg.run.name} ended without a final summary; see the log above")
+    if results.get("status") != "finished":
+        raise RuntimeError(f"federated run {cfg.run.name} did not finish: {results.get('reason', 'no status recorded; see the log above')}")
     return results
 
 
@@ -110,13 +110,18 @@ def local_superlink_pids() -> list[int]:
     """
     home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")).expanduser().resolve()
     marker = str(home / "local-superlink" / "state.db")
-    commands = {}
+    commands: dict[int, list[str]] = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                commands[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                commands[int(proc.name)] = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
             except OSError:
                 continue
-    links = [pid for pid, cmd in commands.items() if "flower-superlink" in cmd and marker in cmd]
-    helpers = [pid for pid, cmd in commands.items() if any(f"--parent-pid {link}" in cmd for link in links)]
+    links = [pid for pid, args in commands.items() if any(a.endswith("flower-superlink") for a in args) and marker in args]
+    helpers = [pid for pid, args in commands.items() if _argument(args, "--parent-pid") in {str(link) for link in links}]
     return links + helpers
+
+
+def _argument(args: list[str], flag: str) -> str | None:
+    """The value after ``flag`` in a command line, if any."""
+    return args[args.index(flag) + 1] if flag in args[:-1] else None

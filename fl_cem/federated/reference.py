@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import torch
 from torch import Tensor
 
 from fl_cem.config import Config

@@ -69,17 +69,18 @@ class SplitServer:
         """``clients`` train this round: SplitFed V1's copies keep batch-norm statistics at :func:`federated_momentum`."""
         self.averaged = clients
         for parts in self.copies.values():
+            parts.decoder.load_state_dict(self.parts.decoder.state_dict())  # every copy starts the round from the average
             set_norm_momentum(parts.decoder, federated_momentum(clients))
 
     def average_decoders(self, weights: dict[int, float]) -> None:
-        """SplitFed V1's FedAvg of the decoder copies of ``weights``' clients into the shared decoder and every copy."""
+        """SplitFed V1's FedAvg of the decoder copies of ``weights``' clients, into the shared decoder and those copies."""
         clients = [c for c in sorted(weights) if c in self.copies]
         if not self.per_client_decoders or not clients:
             return
         average = average_states([self.copies[c].decoder.state_dict() for c in clients], [weights[c] for c in clients])
         self.parts.decoder.load_state_dict(average)
-        for parts in self.copies.values():
-            parts.decoder.load_state_dict(average)
+        for client in clients:  # a client already done this round keeps its copy for the round's average
+            self.copies[client].decoder.load_state_dict(average)
 
     @contextmanager
     def statistics_of(self, client: int) -> Iterator[None]:

@@ -106,10 +106,6 @@ def environment() -> dict[str, str]:
     }
 
 
-STATUSES = ("running", "finished", "failed")
-"""``status`` in every results.json: check it, not the exit code of ``flwr run`` (always 0)."""
-
-
 def failure_reason(err: BaseException) -> str:
     """One line naming what went wrong: the exception's message, or that the run was interrupted."""
     if isinstance(err, KeyboardInterrupt):
@@ -167,10 +163,14 @@ class RunDir:
         atomic_write_bytes(self.results_path, json.dumps(results, indent=2, sort_keys=False).encode())
 
     def mark_failed(self, err: BaseException, kind: str) -> None:
-        """Record in results.json that the run failed and why, keeping everything already recorded."""
+        """Record in results.json that the run failed and why, keeping what this run recorded.
+
+        Only a results file this run started (``status = running``) is kept and updated; one
+        left by an earlier run describes that run, so a fresh failure record replaces it.
+        """
         results = self.read_results()
-        results.setdefault("kind", kind)
-        results.setdefault("commit", git_commit())
+        if results.get("status") != "running":
+            results = {"kind": kind, "commit": git_commit(), "environment": environment()}
         results["status"] = "failed"
         results["reason"] = failure_reason(err)
         self.write_results(results)

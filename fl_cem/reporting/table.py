@@ -159,7 +159,10 @@ def _row(runs: list[RunRecord], roles: Roles) -> Row:
         cells=[r.name for r in runs],
         seeds=[r.seed for r in runs],
     )
+    failed = {k.removesuffix("_failed") for r in runs for k in r.values if k.endswith("_failed")}
     for column in {k for r in runs for k in r.values}:
+        if column.rsplit("_", 1)[0] in failed and column.rsplit("_", 1)[-1] in QUALITY:
+            continue  # one seed's attack failed: the row's figure would hide it, so the row has none
         samples = [r.values[column] for r in runs if column in r.values]
         row.mean[column], row.std[column] = mean_std(samples)
         row.count[column] = len(samples)

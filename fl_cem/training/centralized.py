@@ -80,12 +80,11 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
     }
     run.write_results(results)
     assert client.cem is not None
-    if cfg.cem.enabled and cfg.cem.fits_before_training and not client.cem.fitted:
-        measure_cem(client, cfg, splits, device, refit=True, seed=cfg.run.seed)
-
     board = Board(run.tb_dir)
     began = time.perf_counter()
     try:
+        if cfg.cem.enabled and cfg.cem.fits_before_training and not client.cem.fitted:
+            measure_cem(client, cfg, splits, device, refit=True, seed=cfg.run.seed)
         for epoch in range(start, cfg.train.epochs):
             batches.set_epoch(epoch)
             tick = time.perf_counter()
