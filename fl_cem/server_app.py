@@ -7,12 +7,15 @@ either way, so scripts read the status (README).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from fl_cem.config import Config
+from fl_cem.data.sources import check_source
 from fl_cem.federated.server_loop import FederatedRun
 from fl_cem.reporting.run_dir import RunDir, RunFolderTaken, failure_reason
 
@@ -39,6 +42,8 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
             fail(f"fl-cem: error: {err}")
         run_dir = RunDir.for_config(cfg)
         try:
+            if isinstance(grid, InMemoryGrid):  # the simulation engine: the clients' files are this machine's
+                check_source(cfg.data.source, Path(cfg.data.root).expanduser() if cfg.data.root else None, cfg.data.download)
             FederatedRun(grid, cfg).run()
         except RunFolderTaken as err:
             fail(f"fl-cem: error: {err}")

@@ -181,3 +181,15 @@ def test_a_failure_before_a_run_starts_does_not_relabel_the_folders_earlier_run(
     results = run.read_results()
     assert results["status"] == "failed" and "no data" in results["reason"]
     assert "rounds" not in results and "final" not in results
+
+
+def test_work_killed_before_it_logged_leaves_no_empty_event_file(tmp_path: Path) -> None:
+    from fl_cem.reporting.board import Board
+
+    board = Board(tmp_path / "tb")
+    board.close()
+    assert not (tmp_path / "tb").exists()
+    board = Board(tmp_path / "tb")
+    board.scalars("attack", {"loss": 1.0}, 1)
+    board.close()
+    assert any((tmp_path / "tb").iterdir())

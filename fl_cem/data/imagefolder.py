@@ -46,6 +46,15 @@ class _Listing:
     labels: dict[str, list[int]]
 
 
+def check_root(root: Path) -> None:
+    """Fail with what was expected when ``data.root`` names nothing (cheap: no decoding)."""
+    if not root.exists():
+        raise FileNotFoundError(
+            f"data.root {root} does not exist; expected an ImageFolder tree (train/<class>/*.jpg and "
+            "test/<class>/*.jpg, or <class>/*.jpg) or a .tar.gz of one"
+        )
+
+
 def load_imagefolder(root: Path, image_size: int, cache_home: Path) -> SourceData:
     """Load an ImageFolder tree, or a tar archive of one, as uint8 tensors.
 
@@ -69,11 +78,7 @@ def load_imagefolder(root: Path, image_size: int, cache_home: Path) -> SourceDat
     SourceData
         Train (and test, when the tree has one) images with labels in sorted folder order.
     """
-    if not root.exists():
-        raise FileNotFoundError(
-            f"data.root {root} does not exist; expected an ImageFolder tree (train/<class>/*.jpg and "
-            "test/<class>/*.jpg, or <class>/*.jpg) or a .tar.gz of one"
-        )
+    check_root(root)
     archive = root.is_file()
     if archive and not tarfile.is_tarfile(root):
         raise ValueError(f"data.root {root} is a file but not a tar archive; expected an ImageFolder tree or a .tar.gz")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fl_cem.data.imagefolder import load_imagefolder
+from fl_cem.data.imagefolder import check_root, load_imagefolder
 from fl_cem.data.imageset import ImageSet, SourceData
 
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -21,6 +21,18 @@ def data_home() -> Path:
     """Where downloads, extracted archives and decoded caches go: ``$FL_CEM_DATA`` or ``~/.cache/fl-cem/data``."""
     configured = os.environ.get("FL_CEM_DATA")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fl-cem" / "data"
+
+
+def check_source(source: str, root: Path | None, download: bool) -> None:
+    """What can be known about a source without loading it: a missing ImageFolder root, or CIFAR
+    neither on disk nor allowed to download. For a server that shares the clients' disk
+    (the simulation engine), so a run stops before it waits for any client."""
+    if source == "imagefolder" and root is not None:
+        check_root(root)
+    elif source in _CIFAR_FOLDERS and not download:
+        folder = (root or data_home()) / _CIFAR_FOLDERS[source]
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{source} not found: looked for {folder}, and downloading is off (data.download = false)")
 
 
 @functools.lru_cache(maxsize=2)

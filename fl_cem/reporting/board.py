@@ -14,7 +14,15 @@ class Board:
     """A thin wrapper over ``SummaryWriter`` that takes the dicts our steps return."""
 
     def __init__(self, log_dir: Path) -> None:
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir = log_dir
+        self._writer: SummaryWriter | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """Opened at the first write: work killed before it logged anything leaves no empty event file."""
+        if self._writer is None:
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        return self._writer
 
     def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
         for key, value in values.items():
@@ -36,5 +44,6 @@ class Board:
         self.writer.add_hparams(dict(config), {f"final/{k}": v for k, v in metrics.items() if v is not None}, run_name="hparams")
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
