@@ -21,7 +21,7 @@ Prints a table and writes ``benchmarks/results/federated_accuracy.json`` and ``.
 ``--cifar10 sim_configs/cifar10_subset_cpu.toml`` instead trains that CIFAR-10 config centrally
 and through Flower's simulation engine with 10 clients (its partition, CEM and defense as
 written; one local epoch per round, so the passes match) and writes
-``federated_accuracy_cifar10.json``.
+``federated_accuracy_cifar10.json`` (``--cifar10-partitioner iid``: ``..._iid.json``).
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ V1_MAX_CLIENTS = 10
 """SplitFed V1 keeps N decoder copies; at N = 100 they need about 11 GB of this machine's 24."""
 
 
-def cifar10(config: Path, clients: int) -> None:
+def cifar10(config: Path, clients: int, partitioner: str | None) -> None:
     """Issue 12's CIFAR-10 floor: ``config`` centrally and through Flower's simulation with
     ``clients`` clients, the same passes over the data (one local epoch per round)."""
     print(f"load average before: {os.getloadavg()}", flush=True)
     with TemporaryDirectory() as tmp:
-        cfg = Config.load(config, {"run.output-dir": tmp, "run.device": "cpu"})
+        cfg = Config.load(config, {"run.output-dir": tmp, "run.device": "cpu", **({"partition.partitioner": partitioner} if partitioner else {})})
         passes = cfg.train.epochs
         tick = time.perf_counter()
         central = train_centralized(cfg.replace(**{"run.name": "central"}), log=lambda _: None)["final"]
@@ -71,7 +71,8 @@ def cifar10(config: Path, clients: int) -> None:
         "centralized_seconds": central_s, "federated_seconds": federated_s, "commit": git_commit(), "environment": environment(),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "federated_accuracy_cifar10.json").write_text(json.dumps(out, indent=2))
+    suffix = f"_{partitioner}" if partitioner else ""
+    (RESULTS / f"federated_accuracy_cifar10{suffix}.json").write_text(json.dumps(out, indent=2))
 
 
 def main() -> None:
@@ -81,11 +82,12 @@ def main() -> None:
     parser.add_argument("--partitions", nargs="+", default=["iid", "dirichlet"])
     parser.add_argument("--variants", nargs="+", default=["splitfed-v2", "splitfed-v1", "vanilla"])
     parser.add_argument("--cifar10", type=Path, metavar="CONFIG", help="instead: this CIFAR-10 config centrally and with 10 clients")
+    parser.add_argument("--cifar10-partitioner", help="with --cifar10: replace the config's partition.partitioner (writes ..._<name>.json)")
     args = parser.parse_args()
     if args.passes % 2:
         parser.error("--passes must be even: federated cells run passes / 2 rounds of two local epochs")
     if args.cifar10:
-        cifar10(args.cifar10, 10)
+        cifar10(args.cifar10, 10, args.cifar10_partitioner)
         return
     torch.set_num_threads(1)
     print(f"load average before: {os.getloadavg()}", flush=True)
