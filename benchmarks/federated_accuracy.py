@@ -47,9 +47,10 @@ V1_MAX_CLIENTS = 10
 """SplitFed V1 keeps N decoder copies; at N = 100 they need about 11 GB of this machine's 24."""
 
 
-def cifar10(config: Path, clients: int, partitioner: str | None) -> None:
+def cifar10(config: Path, clients: int, partitioner: str | None, federated_keys: dict[str, str], label: str | None) -> None:
     """Issue 12's CIFAR-10 floor: ``config`` centrally and through Flower's simulation with
-    ``clients`` clients, the same passes over the data (one local epoch per round)."""
+    ``clients`` clients, the same passes over the data (one local epoch per round);
+    ``federated_keys`` (``federated.*``) change the federated run only."""
     print(f"load average before: {os.getloadavg()}", flush=True)
     with TemporaryDirectory() as tmp:
         cfg = Config.load(config, {"run.output-dir": tmp, "run.device": "cpu", **({"partition.partitioner": partitioner} if partitioner else {})})
@@ -58,21 +59,29 @@ def cifar10(config: Path, clients: int, partitioner: str | None) -> None:
         central = train_centralized(cfg.replace(**{"run.name": "central"}), log=lambda _: None)["final"]
         central_s = time.perf_counter() - tick
         print(f"centralized, {passes} epochs: test accuracy {central['test_accuracy']:.3f} ({central_s:.0f} s)", flush=True)
-        fed_cfg = cfg.replace(**{"run.name": "federated", "federated.rounds": passes, "federated.local-epochs": 1})
+        fed_cfg = cfg.replace(**{"run.name": "federated", "federated.rounds": passes, "federated.local-epochs": 1, **federated_keys})
         tick = time.perf_counter()
         federated = run_federated(fed_cfg, clients)["final"]
         federated_s = time.perf_counter() - tick
         print(f"federated, {clients} clients, {passes} rounds: test accuracy {federated['test_accuracy_mean']:.3f} ({federated_s:.0f} s)", flush=True)
     out = {
         "config": str(config), "clients": clients, "passes": passes, "variant": fed_cfg.federated.variant,
-        "partitioner": fed_cfg.partition.partitioner, "centralized_test_accuracy": central["test_accuracy"],
+        "partitioner": fed_cfg.partition.partitioner, "federated_keys": federated_keys, "centralized_test_accuracy": central["test_accuracy"],
         "federated_test_accuracy_mean": federated["test_accuracy_mean"], "federated_local_test_accuracy_mean": federated["local_test_accuracy_mean"],
         "gap_to_centralized": central["test_accuracy"] - federated["test_accuracy_mean"],
         "centralized_seconds": central_s, "federated_seconds": federated_s, "commit": git_commit(), "environment": environment(),
     }
     RESULTS.mkdir(exist_ok=True)
-    suffix = f"_{partitioner}" if partitioner else ""
+    suffix = (f"_{partitioner}" if partitioner else "") + (f"_{label}" if label else "")
     (RESULTS / f"federated_accuracy_cifar10{suffix}.json").write_text(json.dumps(out, indent=2))
+
+
+def literal(text: str) -> object:
+    """``10`` -> 10, ``0.5`` -> 0.5, anything else stays a string (``epoch``; ``1`` for sync-every is coerced back)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def main() -> None:
@@ -83,11 +92,16 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["splitfed-v2", "splitfed-v1", "vanilla"])
     parser.add_argument("--cifar10", type=Path, metavar="CONFIG", help="instead: this CIFAR-10 config centrally and with 10 clients")
     parser.add_argument("--cifar10-partitioner", help="with --cifar10: replace the config's partition.partitioner (writes ..._<name>.json)")
+    parser.add_argument("--cifar10-set", nargs="*", default=[], metavar="KEY=VALUE", help="with --cifar10: federated.* keys of the federated run only")
+    parser.add_argument("--label", help="with --cifar10: suffix of the JSON file name (..._<label>.json)")
     args = parser.parse_args()
     if args.passes % 2:
         parser.error("--passes must be even: federated cells run passes / 2 rounds of two local epochs")
     if args.cifar10:
-        cifar10(args.cifar10, 10, args.cifar10_partitioner)
+        keys = {key: literal(value) for key, value in (item.split("=", 1) for item in args.cifar10_set)}
+        if any(not key.startswith("federated.") for key in keys):
+            parser.error("--cifar10-set takes federated.* keys only: the centralized reference must stay the same")
+        cifar10(args.cifar10, 10, args.cifar10_partitioner, keys, args.label)
         return
     torch.set_num_threads(1)
     print(f"load average before: {os.getloadavg()}", flush=True)

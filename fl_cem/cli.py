@@ -89,11 +89,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(item) for item in args.set)
     for outcome in attack_run(args.run, args.attack, args.mode, args.client, overrides):
         m = outcome["metrics"]
-        ratio = outcome["mse_bound_ratio"]
+        ratio, ratio_full = outcome["mse_bound_ratio"], outcome["mse_bound_ratio_full"]
+        below = [name for name, key in (("isotropic", "bound_violated"), ("full-covariance", "bound_violated_full")) if outcome[key]]
         print(
             f"{outcome['attack']} ({outcome['mode']}, {outcome['victim']}, {outcome['target_source']} targets): "
             f"MSE {m['mse']:.5f} (mean guess {m['mse_mean_guess']:.5f}), PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}"
-            + (f", MSE / Thm-1 bound {ratio:.2f}" if ratio is not None else "")
+            + (f", MSE / Thm-1 bound estimate {ratio:.3g} (isotropic H(x))" if ratio is not None else "")
+            + (f", {ratio_full:.3g} (full-covariance H(x))" if ratio_full is not None else "")
+            + (f" -- BELOW the {' and '.join(below)} Thm-1 estimate{'s' * (len(below) > 1)}: the H(x) estimate is too high" if below else "")
             + (" -- FAILED: no better than the mean image" if outcome["failed"] else "")
         )
     print(f"appended to {args.run}/results.json")

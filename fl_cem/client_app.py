@@ -50,6 +50,8 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
 
     @handler
     def cem_centres(message: Message, client: SplitClient) -> dict[str, Any]:
+        if "encoder" in message.content:  # a refit within the round fits the encoders just averaged
+            client.load_encoder(from_record(message.content["encoder"]))
         previous = from_record(message.content["centres"])["centres"] if "centres" in message.content else None
         centres, counts = client.local_centres(previous, int(message.content["config"]["seed"]))
         return {"centres": to_record({"centres": centres, "counts": counts})}
@@ -63,10 +65,10 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
         config = message.content["config"]
         if "encoder" in message.content:
             client.load_encoder(from_record(message.content["encoder"]))
-        if "mixture" in message.content:
-            client.cem.load_stats(MixtureStats.from_state_dict(from_record(message.content["mixture"])))
         if config["start"]:
             client.start_round(int(config["first_epoch"]), int(config["epochs"]), int(config["clients"]))
+        if "mixture" in message.content:
+            client.load_mixture(MixtureStats.from_state_dict(from_record(message.content["mixture"])))
         if "grads" in message.content:
             client.apply_gradients(from_record(message.content["grads"])["grads"])
         if client.done:
@@ -79,7 +81,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
             }
         if client.sync_due:
             return {
-                "config": {"status": "sync"},
+                "config": {"status": "sync", "average": client.averaging_due, "refit": client.global_refit_due, "epoch": client.cursor.epoch},
                 "metrics": metric_record({"num_examples": float(len(client.loader.indices))}),
                 "encoder": to_record(client.parts.encoder.state_dict()),
             }

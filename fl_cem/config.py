@@ -145,7 +145,7 @@ class ModelConfig:
         _non_negative("model.bottleneck", self.bottleneck)
 
 
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "multistep", "constant")
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     """SGD weight decay."""
     schedule: str = "cosine"
-    """Learning-rate decay: ``cosine`` to zero, ``step`` (x0.1 at 50% and 75%) or ``constant``."""
+    """Learning-rate decay: ``cosine`` to zero, ``step`` (x0.1 at 50% and 75%), ``multistep`` (the
+    authors': x0.2 at 25, 50, 75 and 87.5 %, their epochs 60/120/180/210 of 240) or ``constant``."""
     warmup_epochs: float = 1.0
     """Linear learning-rate warm-up over this many epochs, per step (the authors' one epoch); 0 disables."""
     eval_batch_size: int = 512
@@ -232,6 +233,23 @@ class CEMConfig:
         """
         return self.variant == "paper"
 
+    @property
+    def before_defense(self) -> bool:
+        """Whether the mixture and ``L_C`` see the encoder's output before the defense's dropout or
+        top-k (official: the authors compute the loss on the clean encoder output, ahead of noise,
+        dropout and pruning, ``model_training_paral_pruning.py`` lines 1037-1099) or the
+        transformed features ``z_hat`` (paper: Eq. 3's deterministic map x -> z_hat)."""
+        return self.variant == "official"
+
+    def refits_at(self, epoch: int) -> bool:
+        """Whether the mixture is refitted before training epoch ``epoch`` (0-based).
+
+        The one schedule of every path (centralized, a federated client's local fit, the
+        server's global fit, also mid-round): Algorithm 1 refits at each epoch start, thinned to
+        every ``refit-every`` epochs; the first epoch only when :attr:`fits_before_training`.
+        """
+        return self.enabled and epoch % self.refit_every == 0 and (epoch > 0 or self.fits_before_training)
+
 
 ARL_LOSSES = ("pixel", "perceptual")
 
@@ -246,6 +264,8 @@ class DefenseConfig:
     """``topk``: fraction of activations kept per sample."""
     distcorr_weight: float = 0.5
     """``distcorr``/``noise_nopeek``: weight of the distance-correlation loss."""
+    laplace_scale: float = 0.025
+    """``noise_nopeek``: scale b of the Laplacian noise Titcombe et al. add to the features (std b * sqrt 2)."""
     adversary_weight: float = 0.5
     """Adversarial defenses: weight of the encoder's privacy (negative reconstruction) loss."""
     adversary_lr: float = 0.001
@@ -265,6 +285,7 @@ class DefenseConfig:
             raise ValueError(f"defense.dropout must be < 1; got {self.dropout}")
         _fraction("defense.topk", self.topk)
         _non_negative("defense.distcorr-weight", self.distcorr_weight)
+        _positive("defense.laplace-scale", self.laplace_scale)
         _non_negative("defense.adversary-weight", self.adversary_weight)
         _positive("defense.adversary-lr", self.adversary_lr)
         _non_negative("defense.adversary-warmup", self.adversary_warmup)
@@ -276,6 +297,9 @@ class DefenseConfig:
 
 
 ATTACK_MODES = ("train", "infer")
+ATTACK_SCHEDULES = ("constant", "cosine")
+ATTACK_NETWORKS = ("s9", "hires")
+"""Names of ``fl_cem.attacks.networks.INVERSION_NETWORKS``, listed here so config validation imports no attack code."""
 
 
 @dataclass(frozen=True)
@@ -288,6 +312,16 @@ class AttackConfig:
     """Training epochs of the inversion model (paper: 50 decoder, 150 GAN)."""
     lr: float = 0.005
     """Adam learning rate of the inversion model (paper: 0.005)."""
+    network: str = "s9"
+    """``decoder``, ``gan``: inversion architecture, ``s9`` (paper S.9: residual blocks on the smashed map,
+    then upsampling) or ``hires`` (upsampling first, residual blocks at image resolution)."""
+    schedule: str = "constant"
+    """``decoder``: Adam at ``attack.lr`` throughout (paper S.9), or ``cosine`` from ``attack.lr`` to
+    1e-5 (the authors' code, with lr 1e-3 and weight decay 1e-4)."""
+    weight_decay: float = 0.0
+    """``decoder``: Adam weight decay (the authors' code: 1e-4)."""
+    validation: float = 0.1
+    """``decoder``, ``gan``: share of the attacker's own images held out to pick its best epoch (0: the last epoch)."""
     batch_size: int = 128
     """Images per attack batch."""
     intercept: bool = True
@@ -313,6 +347,12 @@ class AttackConfig:
         _one_of("attack.mode", self.mode, ATTACK_MODES)
         _positive("attack.epochs", self.epochs)
         _positive("attack.lr", self.lr)
+        _one_of("attack.schedule", self.schedule, ATTACK_SCHEDULES)
+        _one_of("attack.network", self.network, ATTACK_NETWORKS)
+        _non_negative("attack.weight-decay", self.weight_decay)
+        _fraction("attack.validation", self.validation, closed_low=True)
+        if self.validation >= 1:
+            raise ValueError(f"attack.validation must be < 1; got {self.validation}")
         _positive("attack.batch-size", self.batch_size)
         _non_negative("attack.intercept-max", self.intercept_max)
         _fraction("attack.holdout", self.holdout)
@@ -348,6 +388,11 @@ class FederatedConfig:
     sync_every: str = "epoch"
     """When SplitFed averages: ``round``, ``epoch`` (every local epoch, as the authors' code
     does) or a number of local batches such as ``8``; vanilla never averages."""
+    encoder_lr_scale: float = 1.0
+    """The clients' encoder learning rate is ``train.lr`` times this. Averaging N encoders after
+    every batch makes one step on the mean gradient of N batches where centralized training
+    takes N steps; the linear scaling rule (Goyal et al. 2017) sets this to N with
+    ``sync-every = 1`` (docs/FEDERATED.md)."""
     chunk: int = 1
     """Batches per message; 1 is exact split learning, more trades exactness for speed."""
     client_timeout: float = 600.0
@@ -374,6 +419,7 @@ class FederatedConfig:
         _one_of("federated.variant", self.variant, VARIANTS)
         if not (self.sync_every in ("round", "epoch") or (self.sync_every.isdigit() and int(self.sync_every) > 0)):
             raise ValueError(f"federated.sync-every must be 'round', 'epoch' or a positive number of batches; got {self.sync_every!r}")
+        _positive("federated.encoder-lr-scale", self.encoder_lr_scale)
         _positive("federated.chunk", self.chunk)
         _positive("federated.client-timeout", self.client_timeout)
         _one_of("federated.order", self.order, SERVE_ORDERS)
@@ -475,6 +521,23 @@ class Config:
         """
         mine = {k: v for k, v in self.to_flat().items() if k not in EXECUTION_KEYS}
         return sorted(k for k in mine if mine[k] != other.get(k))
+
+    def cem_idle_reason(self, kind: str) -> str | None:
+        """Why ``cem.lambda > 0`` would change nothing in a ``kind`` run, or ``None`` when L_C acts.
+
+        The mixture L_C needs exists only after the first refit (:meth:`CEMConfig.refits_at`):
+        the official variant fits it after epoch 1, so a one-epoch run trains without CEM and
+        its "CEM" row equals the row without it to every digit.
+        """
+        cem = self.cem
+        epochs = self.train.epochs if kind == "centralized" else self.federated.rounds * self.federated.local_epochs
+        if not cem.enabled or any(cem.refits_at(epoch) for epoch in range(epochs)):
+            return None
+        return (
+            f"cem.lambda = {cem.lam:g} never acts: the {cem.variant} variant fits its first mixture "
+            f"{'before epoch 1' if cem.fits_before_training else 'after epoch 1'} (cem.refit-every = {cem.refit_every}) "
+            f"and the run trains {epochs} epoch(s)"
+        )
 
     def for_kind(self, kind: str) -> Config:
         """This config with ``run.name = auto`` resolved to the entry point's folder (``centralized``, ``federated``)."""

@@ -129,8 +129,23 @@ def test_fit_reports_each_epoch_in_order() -> None:
     final = attack.fit(blobs(128), on_epoch=lambda epoch, metrics: seen.append((epoch, set(metrics))))
 
     # Assert
-    assert seen == [(1, {"loss"}), (2, {"loss"}), (3, {"loss"})]
-    assert set(final) == {"loss"}
+    assert seen == [(1, {"loss", "val_mse"}), (2, {"loss", "val_mse"}), (3, {"loss", "val_mse"})]
+    assert set(final) == {"loss", "val_mse", "best_epoch"}
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_decoder_keeps_the_epoch_with_the_lowest_validation_mse(schedule: str) -> None:
+    # Prepare: a learning rate high enough that later epochs can be worse than earlier ones
+    cfg = AttackConfig(name="decoder", epochs=6, batch_size=32, lr=0.05, validation=0.25, schedule=schedule)
+    attack = make_attack(cfg, space_to_depth(0.1), INPUT, SMASHED, CPU)
+    curve: list[float] = []
+
+    # Execute
+    final = attack.fit(blobs(128), on_epoch=lambda epoch, metrics: curve.append(metrics["val_mse"]))
+
+    # Assert: the returned network is the best epoch's, by the attacker's own held-out images
+    assert final["best_epoch"] == 1 + curve.index(min(curve))
+    assert final["val_mse"] == min(curve)
 
 
 def test_gan_trains_for_gan_epochs_and_logs_the_critic() -> None:
@@ -144,7 +159,7 @@ def test_gan_trains_for_gan_epochs_and_logs_the_critic() -> None:
 
     # Assert
     assert epochs == [1, 2]
-    assert set(final) == {"loss", "critic_loss", "wasserstein"}
+    assert set(final) == {"loss", "critic_loss", "wasserstein", "val_mse", "best_epoch"}
 
 
 def test_fitting_leaves_the_callers_random_state_alone() -> None:

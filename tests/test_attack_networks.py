@@ -93,3 +93,17 @@ def test_total_variation_averages_vertical_and_horizontal_differences_per_image(
 
     # Assert
     assert tv.tolist() == [1.0, 0.0]
+
+
+def test_every_named_inversion_network_maps_smashed_data_to_images() -> None:
+    # Prepare
+    import torch
+
+    from fl_cem.attacks.networks import INVERSION_NETWORKS
+    from fl_cem.config import ATTACK_NETWORKS
+
+    # Assert: the config's list is the registry's, and each network has the image's shape in [0, 1]
+    assert tuple(INVERSION_NETWORKS) == ATTACK_NETWORKS
+    for build in INVERSION_NETWORKS.values():
+        out = build((8, 8, 8), (3, 32, 32))(torch.rand(2, 8, 8, 8))
+        assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1

@@ -105,3 +105,29 @@ def test_only_the_paper_variant_applies_cem_in_the_first_epoch(tiny: Callable[..
     assert same is not first_epoch_has_cem
     assert ("cem_loss" in with_cem["epochs"][0]) is first_epoch_has_cem
     assert "hxz_relative" in with_cem["final"]["cem"]
+
+
+@pytest.mark.parametrize(("variant", "sees_the_mask"), [("official", False), ("paper", True)])
+def test_official_cem_loss_ignores_the_dropout_mask(tiny: Callable[..., Config], variant: str, sees_the_mask: bool) -> None:
+    # Prepare: a dropout client with a fitted mixture; two seeds draw two different masks
+    import torch
+
+    from fl_cem.training.setup import build_client, build_model
+    from fl_cem.training.step import client_forward, encoder_step, smashed_features
+
+    cfg = tiny(**{"cem.lambda": 1.0, "cem.variant": variant, "defense.name": "dropout", "defense.dropout": 0.5, "noise.sigma": 0.1})
+    x, y = torch.rand(64, 1, 8, 8), torch.arange(64) % 10
+    losses = []
+    for seed in (1, 2):
+        model = build_model(cfg, (1, 8, 8), 10, (0.5,), (0.25,))  # the same weights both times
+        client = build_client(cfg, model, 10, 64, torch.device("cpu"))
+        assert client.cem is not None
+        feats, labels = smashed_features(client.encoder, client.defense, iter([(x, y)]), cfg.cem.before_defense)
+        client.cem.refit(feats, labels, torch.Generator().manual_seed(0))
+        fwd = client_forward(client, x, seed)
+        assert not torch.equal(fwd.z_hat, client_forward(client, x, seed + 10).z_hat)  # the masks differ
+        # Execute
+        metrics = encoder_step(client, x, y, fwd, torch.zeros_like(fwd.z), lr=0.01)
+        losses.append(metrics["cem_loss"])
+    # Assert: the official loss is computed on the encoder output, before the mask
+    assert (not torch.equal(losses[0], losses[1])) is sees_the_mask

@@ -61,7 +61,7 @@ def test_min_max_works_both_ways(name: str, extra: dict[str, Any]) -> None:
     # Execute 1: the adversary trains against a frozen encoder
     with torch.no_grad():
         _, z = smashed()
-    adversary_losses = [defense.adversary_step(x, z)["loss"] for _ in range(15)]
+    adversary_losses = [defense.adversary_step(x, z, z)["loss"] for _ in range(15)]
 
     # Execute 2: the encoder trains against the frozen adversary, on its privacy term alone
     optimizer = torch.optim.Adam(encoder.parameters(), lr=0.01)
@@ -113,7 +113,7 @@ def test_privacy_term_waits_for_adversary_warmup() -> None:
     during = []
     for _ in range(2):
         during.append(defense.client_loss(x, z, z, y))
-        defense.adversary_step(x, z)
+        defense.adversary_step(x, z, z)
     after = defense.client_loss(x, z, z, y)
 
     # Assert
@@ -162,7 +162,7 @@ def test_state_dict_resumes_the_adversary_exactly() -> None:
     x = smooth_images(8, seed=6)
     z = torch.randn(8, *SHAPES.smashed, generator=torch.Generator().manual_seed(7))
     for _ in range(3):
-        defense.adversary_step(x, z)
+        defense.adversary_step(x, z, z)
     resumed, _ = build("noise_arl", {})
     resumed.load_state_dict(defense.state_dict())
     weights_only, _ = build("noise_arl", {})
@@ -170,7 +170,7 @@ def test_state_dict_resumes_the_adversary_exactly() -> None:
 
     # Execute
     for d in (defense, resumed, weights_only):
-        d.adversary_step(x, z)
+        d.adversary_step(x, z, z)
 
     # Assert: with the optimizer state the step is identical; without it, it is not
     for p, q, r in zip(defense.adversary.parameters(), resumed.adversary.parameters(), weights_only.adversary.parameters()):

@@ -88,10 +88,20 @@ def test_nopeek_loss_is_weighted_dcor_of_input_and_noise_free_features(cls: type
     assert loss.item() == pytest.approx(0.3 * distance_correlation(x, z_hat).item(), rel=1e-6)
 
 
-def test_noise_nopeek_refuses_zero_noise() -> None:
-    # Prepare
-    cfg = Config().replace(**{"noise.sigma": 0.0})
+def test_noise_nopeek_adds_laplacian_noise_of_its_scale_in_every_mode() -> None:
+    # Prepare: Titcombe et al.'s noise, independent of the Gaussian noise.sigma (here 0)
+    cfg = Config().replace(**{"noise.sigma": 0.0, "defense.laplace-scale": 0.2})
+    defense = NoiseNoPeek(cfg, Shapes((1, 2, 2), (8, 16, 16)))
+    z_raw = torch.ones(64, 8, 16, 16)
 
-    # Execute / Assert
-    with pytest.raises(ValueError, match="noise.sigma"):
-        NoiseNoPeek(cfg, Shapes((1, 2, 2), (3, 1, 1)))
+    for mode in (True, False):
+        defense.train(mode)
+        torch.manual_seed(0)
+        # Execute
+        noise = defense.transform(z_raw) - z_raw
+        # Assert: Laplace(0, b) has mean 0, mean |.| b and variance 2 b^2
+        assert noise.mean().item() == pytest.approx(0.0, abs=0.005)
+        assert noise.abs().mean().item() == pytest.approx(0.2, rel=0.02)
+        assert noise.var().item() == pytest.approx(2 * 0.2**2, rel=0.05)
+    torch.manual_seed(0)
+    assert torch.equal(defense.transform(z_raw), defense.transform(z_raw)) is False

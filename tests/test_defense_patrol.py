@@ -65,9 +65,9 @@ def test_pruning_waits_for_prune_step_and_removes_smallest_weights() -> None:
     # Execute
     with torch.no_grad():
         z = encoder(x)
-    defense.adversary_step(x, z)
+    defense.adversary_step(x, z, z)
     size_before = effective_parameter_count(encoder)
-    defense.adversary_step(x, z)
+    defense.adversary_step(x, z, z)
 
     # Assert: same state keys throughout, so checkpoints and federated messages still load
     assert size_before == DEEPER

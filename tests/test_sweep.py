@@ -109,7 +109,8 @@ def test_every_cell_of_the_shipped_sweeps_builds_a_valid_config(path: Path) -> N
     # Assert: a cell's config fails only for a value it was given, never in the files we ship
     assert cells
     for cell in cells:
-        Config.from_flat({**cell.overrides, "run.name": cell.name})
+        cfg = Config.from_flat({**cell.overrides, "run.name": cell.name})
+        assert cfg.cem_idle_reason(cell.execution.kind) is None, cell.name
 
 
 def test_sweep_file_with_unknown_key_fails_at_load_naming_it(tmp_path: Path) -> None:
@@ -281,3 +282,13 @@ def test_paper_sweep_rows_are_read_as_defense_and_cem_setting_with_no_extra_colu
     assert roles.method[0] == "defense.name" and {"noise.sigma", "model.bottleneck", "defense.adversary-warmup"} <= set(roles.method)
     assert roles.cem == ("cem.lambda", "cem.variant")
     assert roles.other == ()
+
+
+def test_sweep_refuses_a_cell_where_cem_cannot_act_before_training_anything(tmp_path: Path) -> None:
+    # Prepare: the official variant fits its first mixture after epoch 1; one epoch never uses it
+    path = write_sweep(tmp_path, '[sweep]\nname = "idle"\n' + TINY_BASE + '"cem.variant" = "official"\n[grid]\n"cem.lambda" = [0.0, 16.0]\n')
+    spec = load_sweep(path, output_dir=tmp_path / "out")
+    # Execute / Assert
+    with pytest.raises(ValueError, match="CEM cannot act.*never acts: the official variant fits its first mixture after epoch 1"):
+        run_sweep(spec, log=lambda line: None)
+    assert not (tmp_path / "out").exists()

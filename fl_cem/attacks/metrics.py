@@ -126,6 +126,35 @@ def mse_bound_ratio(measured_mse: float, bound: float) -> float:
     return measured_mse / bound
 
 
+def bound_fields(measured_mse: float, bounds: dict[str, float | None]) -> dict[str, float | bool | None]:
+    """Each Theorem 1 estimate beside a measured MSE, as an attack outcome records them.
+
+    An MSE below an estimate does not refute Theorem 1: the estimate replaces the unknown
+    ``H(x)`` by a Gaussian's entropy, which is too high (:mod:`fl_cem.cem.bound`), and the
+    violation says by how much it is.
+
+    Parameters
+    ----------
+    measured_mse : float
+        Reconstruction MSE of an attack.
+    bounds : dict[str, float | None]
+        Estimate suffix (``""`` isotropic, ``"_full"`` full covariance) -> bound, None where
+        none was measured.
+
+    Returns
+    -------
+    dict[str, float | bool | None]
+        Per suffix ``s``: ``mse_lower_bound<s>``, ``mse_bound_ratio<s>`` and ``bound_violated<s>``
+        (``measured_mse < bound``); the last two are None without a bound.
+    """
+    out: dict[str, float | bool | None] = {}
+    for suffix, bound in bounds.items():
+        out[f"mse_lower_bound{suffix}"] = bound
+        out[f"mse_bound_ratio{suffix}"] = mse_bound_ratio(measured_mse, bound) if bound is not None else None
+        out[f"bound_violated{suffix}"] = measured_mse < bound if bound is not None else None
+    return out
+
+
 def comparison_grid(originals: Tensor, reconstructions: Tensor, n: int = 8) -> Tensor:
     """Originals in the top row, their reconstructions below: a (3, H', W') float tensor in [0, 1].
 
@@ -166,6 +195,7 @@ def save_comparison(path: str | Path, originals: Tensor, reconstructions: Tensor
 
 
 __all__ = [
+    "bound_fields",
     "comparison_grid",
     "mean_guess_mse",
     "mse",

@@ -110,6 +110,36 @@ def decoding_network(
     return nn.Sequential(*layers)
 
 
+HIRES_BLOCKS = 2
+"""Residual blocks of :func:`hires_decoding_network`, at image resolution (16x the pixels of 8x8 smashed data)."""
+
+
+def hires_decoding_network(smashed_shape: tuple[int, int, int], input_shape: tuple[int, int, int], width: int = WIDTH, blocks: int = HIRES_BLOCKS) -> nn.Sequential:
+    """A second inversion architecture to test S.9's against: upsample first, then refine at image resolution.
+
+    S.9's network does its residual work on the small smashed map and only then upsamples, so
+    fine detail must be carried through transposed convs; this one upsamples right away and
+    spends its residual blocks on the full-size image, where edges live (as U-Net-style and
+    super-resolution decoders do). Same width; ``blocks`` at 32x32 cost about ``2 * blocks``
+    S.9 blocks at 8x8.
+    """
+    smashed_channels, smashed_h, smashed_w = smashed_shape
+    image_channels, image_h, image_w = input_shape
+    steps = upsampling_steps(image_h, smashed_h)
+    if upsampling_steps(image_w, smashed_w) != steps:
+        raise ValueError(f"smashed shape {smashed_shape} and image shape {input_shape} differ in aspect ratio")
+    layers: list[nn.Module] = [nn.Conv2d(smashed_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    for _ in range(steps):
+        layers += [nn.ConvTranspose2d(width, width, 3, stride=2, padding=1, output_padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    layers += [ResidualBlock(width) for _ in range(blocks)]
+    layers += [nn.Conv2d(width, image_channels, 3, padding=1), nn.Sigmoid()]
+    return nn.Sequential(*layers)
+
+
+INVERSION_NETWORKS = {"s9": decoding_network, "hires": hires_decoding_network}
+"""``attack.network``: the decoding-based attacks' architecture by name."""
+
+
 def critic(input_shape: tuple[int, int, int], width: int = WIDTH) -> nn.Sequential:
     """Real-vs-reconstructed critic of the GAN attack: strided convs down to 4x4, then one linear score.
 

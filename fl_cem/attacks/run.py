@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, make_attack, run_attack, split_images
-from fl_cem.attacks.metrics import mse_bound_ratio, save_comparison
+from fl_cem.attacks.metrics import bound_fields, save_comparison
+from fl_cem.cem.bound import gaussian_entropy, swap_entropy
 from fl_cem.config import Config
-from fl_cem.data import load_splits
+from fl_cem.data import DataSplits, load_splits
 from fl_cem.defenses.base import Defense
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.wire import from_bytes
@@ -127,7 +128,7 @@ def attack_run(
     splits = load_splits(cfg.data, cfg.run.seed)
     train_images = splits.train.images.float() / 255
     test_images = splits.test.images.float() / 255
-    bound = lower_bound(run.read_results())
+    bounds = lower_bounds(run.read_results(), splits)
     board = Board(run.tb_dir)
     outcomes = []
     try:
@@ -179,8 +180,7 @@ def attack_run(
                 "metrics": result.metrics,
                 "failed": not beats_mean_image(result.metrics),
                 "fit": result.fit_metrics,
-                "mse_lower_bound": bound,
-                "mse_bound_ratio": mse_bound_ratio(result.metrics["mse"], bound) if bound is not None else None,
+                **bound_fields(result.metrics["mse"], bounds),
                 "time_s": time.perf_counter() - tick,
                 "grid": str(grid),
             }
@@ -206,10 +206,17 @@ def victim_shape(victim: Victim, input_shape: tuple[int, int, int]) -> tuple[int
         return tuple(victim.defense.transform(victim.encoder.eval()(torch.zeros(1, *input_shape, device=device))).shape[1:])
 
 
-def lower_bound(results: dict[str, Any]) -> float | None:
-    """Theorem 1's MSE lower bound of the run's last epoch/round, when it was measured."""
+def lower_bounds(results: dict[str, Any], splits: DataSplits) -> dict[str, float | None]:
+    """Theorem 1's MSE bound estimates of the run's last epoch/round, when it was measured.
+
+    ``""``: the recorded bound with the isotropic ``H(x)`` estimate; ``"_full"``: the same bound
+    with the full-covariance estimate (:attr:`DataSplits.pixel_entropy`), derived from it here so
+    that runs trained before it was recorded get it too.
+    """
     cem = results.get("final", {}).get("cem", {})
     value = cem.get("mse_lower_bound", cem.get("mean_mse_lower_bound"))
     if value is None or not math.isfinite(float(value)) or float(value) <= 0:
-        return None  # not measured, or sigma = 0 (no noise: the bound is 0 and a ratio meaningless)
-    return float(value)
+        return {"": None, "_full": None}  # not measured, or sigma = 0 (no noise: the bound is 0 and a ratio meaningless)
+    dim = math.prod(splits.shape)
+    full = swap_entropy(float(value), dim, gaussian_entropy(dim, splits.pixel_var), splits.pixel_entropy)
+    return {"": float(value), "_full": full}

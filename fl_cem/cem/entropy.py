@@ -219,7 +219,7 @@ class ConditionalEntropy:
         return self.cfg.lam
 
     # ------------------------------------------------------------------ reporting
-    def report(self, data_dim: int | None = None, data_var: float | None = None) -> dict[str, float]:
+    def report(self, data_dim: int | None = None, data_var: float | None = None, data_entropy: float | None = None) -> dict[str, float]:
         """Bounds and cluster occupancy of the stored mixture, for TensorBoard and results.json.
 
         Keys (all floats; empty dict before the first fit):
@@ -230,6 +230,10 @@ class ConditionalEntropy:
         * with ``data_dim`` (``d_x``) and ``data_var`` (``v_x``, mean per-pixel variance in
           [0, 1]): ``hx_gaussian``, ``hxz_absolute = hx_gaussian - lc`` and Theorem 1's
           ``mse_lower_bound = v_x exp(-2 lc / d_x)`` (see :mod:`fl_cem.cem.bound`);
+        * with ``data_dim`` and ``data_entropy`` (``H_F``, the full-covariance Gaussian entropy,
+          :attr:`fl_cem.data.DataSplits.pixel_entropy`): ``hx_gaussian_full``,
+          ``hxz_absolute_full = H_F - lc`` and ``mse_lower_bound_full``, the same bound with the
+          tighter ``H(x)`` estimate (never above ``mse_lower_bound``);
         * ``clusters``, ``clusters_empty``, ``cluster_size_min``, ``cluster_size_max`` from
           the last fit's counts.
 
@@ -251,6 +255,10 @@ class ConditionalEntropy:
             out["hx_gaussian"] = hx
             out["hxz_absolute"] = hx - lc
             out["mse_lower_bound"] = mse_lower_bound(hx - lc, data_dim)
+        if data_dim is not None and data_entropy is not None:
+            out["hx_gaussian_full"] = data_entropy
+            out["hxz_absolute_full"] = data_entropy - lc
+            out["mse_lower_bound_full"] = mse_lower_bound(data_entropy - lc, data_dim)
         counts = self.counts.double()
         out["clusters"] = float(self.num_clusters)
         out["clusters_empty"] = float((counts == 0).sum())

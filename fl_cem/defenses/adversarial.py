@@ -7,8 +7,12 @@ training ([7]), alternates one step per batch, as ResSFL's ``gan_adv_step1`` set
     encoder:    min  task loss + adversary-weight * privacy_term(A(z), x)     (A frozen)
     adversary:  min  adversary_objective(A(z), x)                              (z detached)
 
-Both run on the client, on the features ``z`` as they go on the wire (noise included), which
-is what a real attacker sees. The simulated adversary A is ResSFL's training-time attacker:
+Both run on the client. ARL, ResSFL and PATROL play on the noise-free features ``z_hat``, as
+Xiao et al. define ARL and as the CEM authors' code plays every ``gan_adv`` defense (the
+simulated attacker and the encoder's penalty both see the clean encoder output,
+``model_training_paral_pruning.py`` lines 1149-1161 and 1519-1556); Noise_ARL plays on the
+noisy features ``z`` as they go on the wire, which is what makes it Jeong et al.'s method. The
+simulated adversary A is ResSFL's training-time attacker:
 the paper's decoding network (supplement S.9) with 4 instead of 8 residual blocks
 (``res_normN4C64`` in the ResSFL and CEM code). Its Adam state lives in buffers
 (:class:`~fl_cem.defenses.optim.ModuleAdam`), so ``state_dict()`` restores the game exactly.
@@ -21,7 +25,7 @@ switched on; during them the encoder trains on the task only (it is never frozen
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -70,11 +74,14 @@ def ssim(x_rec: Tensor, x: Tensor) -> Tensor:
 
 
 class AdversarialDefense(Defense):
-    """Base of the min-max defenses; subclasses choose the two losses.
+    """Base of the min-max defenses; subclasses choose the two losses and the game's features.
 
     By default the adversary minimises the pixel MSE and the encoder maximises it
     (``privacy_term = -MSE``), Xiao et al.'s negative pixel reconstruction loss.
     """
+
+    plays_on_noisy: ClassVar[bool] = False
+    """Whether the game sees ``z`` (noise included) instead of the noise-free ``z_hat``."""
 
     def __init__(self, cfg: Config, shapes: Shapes) -> None:
         super().__init__(cfg, shapes)
@@ -100,18 +107,18 @@ class AdversarialDefense(Defense):
         return int(self.optimizer.steps) >= self.warmup
 
     def client_loss(self, x: Tensor, z_hat: Tensor, z: Tensor, y: Tensor) -> Tensor | None:
-        """``adversary-weight * privacy_term(A(z), x)`` with A frozen; ``None`` during warm-up."""
+        """``adversary-weight * privacy_term(A(features), x)`` with A frozen; ``None`` during warm-up."""
         if not self.privacy_on:
             return None
         with frozen(self.adversary):
-            x_rec = self.adversary(z)
+            x_rec = self.adversary(z if self.plays_on_noisy else z_hat)
         return self.weight * self.privacy_term(x_rec, x)
 
-    def adversary_step(self, x: Tensor, z: Tensor) -> dict[str, float]:
-        """One Adam step of the simulated adversary on ``(z, x)``; returns its loss before the step."""
+    def adversary_step(self, x: Tensor, z_hat: Tensor, z: Tensor) -> dict[str, float]:
+        """One Adam step of the simulated adversary on the game's features; returns its loss before the step."""
         was_training = self.adversary.training
         self.adversary.train()
-        loss = self.adversary_objective(self.adversary(z.detach()), x)
+        loss = self.adversary_objective(self.adversary((z if self.plays_on_noisy else z_hat).detach()), x)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -183,10 +190,12 @@ class NoiseARL(AdversarialDefense):
     ARL with the negative pixel loss, played on features that carry Gaussian noise of std
     ``noise.sigma``: the simulated adversary trains on, and the encoder defends, the noisy
     features. Jeong et al. add this feature noise to the ARL pipeline for a better
-    privacy-utility trade-off at a lower client-side cost.
+    privacy-utility trade-off at a lower client-side cost. :class:`ARL` with the same noise
+    plays on the noise-free features and only adds the noise afterwards.
     """
 
     requires_noise = True
+    plays_on_noisy = True
 
 
 @register_defense("ressfl")

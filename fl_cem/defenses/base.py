@@ -9,7 +9,7 @@ Data flow on the client, per batch (see ``fl_cem/training/step.py``)::
 
     x -> encoder -> z_raw -> defense.transform -> z_hat -> + N(0, sigma^2) -> z  (on the wire)
     encoder loss = <dL/dz from server, z> + defense.client_loss(x, z_hat, z, y) + lambda * L_C(z_hat)
-    then defense.adversary_step(x, z) for adversarial defenses
+    then defense.adversary_step(x, z_hat, z) for adversarial defenses
 
 A defense is an ``nn.Module`` so that its trainable parts (an adversary decoder) travel in
 ``state_dict`` with the client's other state and checkpoints.
@@ -59,7 +59,7 @@ class Defense(nn.Module):
         """Extra encoder loss computed on the client, or ``None``."""
         return None
 
-    def adversary_step(self, x: Tensor, z: Tensor) -> dict[str, float]:
+    def adversary_step(self, x: Tensor, z_hat: Tensor, z: Tensor) -> dict[str, float]:
         """Train the defense's simulated adversary on this batch; return metrics to log."""
         return {}
 

@@ -152,9 +152,9 @@ class Patrol(ResSFL):
                 conv.weight_mask.copy_(mask)
         self.pruned.fill_(True)
 
-    def adversary_step(self, x: Tensor, z: Tensor) -> dict[str, float]:
+    def adversary_step(self, x: Tensor, z_hat: Tensor, z: Tensor) -> dict[str, float]:
         """The adversary's step, then pruning once ``defense.prune-step`` client steps are done."""
-        metrics = super().adversary_step(x, z)
+        metrics = super().adversary_step(x, z_hat, z)
         if not bool(self.pruned) and int(self.optimizer.steps) >= self.prune_step:
             self.prune()
         return metrics

@@ -55,9 +55,13 @@ def run_sweep(spec: SweepSpec, log: Log = print, only: Sequence[str] = ()) -> Sw
     SweepSummary
         How many cells ran, were skipped as finished, or failed.
     """
+    cells = select_cells(spec.cells(), only)
+    idle = {cell.name: reason for cell in cells if (reason := Config.from_flat(cell.overrides).cem_idle_reason(cell.execution.kind))}
+    if idle:
+        name, reason = next(iter(idle.items()))
+        raise ValueError(f"sweep {spec.name}: {len(idle)} cell(s) where CEM cannot act, e.g. {name}: {reason}; train longer or use cem.variant = 'paper'")
     spec.root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(spec.root / "sweep.json", json.dumps(spec.manifest(), indent=2).encode())
-    cells = select_cells(spec.cells(), only)
     pending = {cell.name for cell in cells if not cell_finished(spec.root / cell.name, spec.attacks)}
     log(f"sweep {spec.name}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to run in {spec.root}")
     summary = SweepSummary()

@@ -60,6 +60,8 @@ class Cursor:
     """Batches smashed since the round started or the encoder was last averaged."""
     averaged: int = 1
     """Clients whose encoders this round's averages combine (1: none, vanilla)."""
+    refitted: int = -1
+    """The epoch whose global CEM mixture the client holds (``cem.federation = global``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,12 +73,13 @@ class Cursor:
             "steps": self.steps,
             "since_sync": self.since_sync,
             "averaged": self.averaged,
+            "refitted": self.refitted,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Cursor:
         pending = [tuple(p) for p in d["pending"]]
-        return cls(d["epoch"], d["batch"], d["end_epoch"], pending, dict(d["sums"]), d["steps"], d["since_sync"], d["averaged"])  # type: ignore[arg-type]
+        return cls(d["epoch"], d["batch"], d["end_epoch"], pending, dict(d["sums"]), d["steps"], d["since_sync"], d["averaged"], d["refitted"])  # type: ignore[arg-type]
 
 
 @dataclass
@@ -167,6 +170,7 @@ class SplitClient:
             "num_partitions": self.num_partitions,
             "num_examples": len(self.loader.indices),
             "pixel_var": self.splits.pixel_var,
+            "pixel_entropy": self.splits.pixel_entropy,
             "num_classes": self.splits.num_classes,
             "shape": list(self.splits.shape),
         }
@@ -175,7 +179,7 @@ class SplitClient:
         """Noise-free features of the whole local partition (CEM refits)."""
         data = self.splits.train.subset(self.loader.indices.cpu())
         loader = BatchLoader(data, self.cfg.train.eval_batch_size, self.device, shuffle=False)
-        return smashed_features(self.parts.encoder, self.parts.defense, iter(loader))
+        return smashed_features(self.parts.encoder, self.parts.defense, iter(loader), self.cfg.cem.before_defense)
 
     def fittable_features(self) -> tuple[Tensor, Tensor]:
         """Local features of the classes this client holds at least ``k`` samples of.
@@ -234,7 +238,7 @@ class SplitClient:
             if not len(y):
                 return {}  # no class with k samples here: nothing to fit, nothing to report
             self.cem.refit(z, y, torch.Generator().manual_seed(seed))
-        return self.cem.report(math.prod(self.splits.shape), self.splits.pixel_var)
+        return self.cem.report(math.prod(self.splits.shape), self.splits.pixel_var, self.splits.pixel_entropy)
 
     # ------------------------------------------------------------------ training
     def start_round(self, first_epoch: int, epochs: int, clients: int) -> None:
@@ -252,12 +256,12 @@ class SplitClient:
             x, y = self.loader.batch(batch)
             seed = batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id)
             with frozen_batchnorm_stats(self.parts.encoder):
-                z_hat, z = client_forward(self.parts, x, seed)
-            grad = in_format(grads[offset : offset + len(y)].to(z), self.parts.memory_format)
+                fwd = client_forward(self.parts, x, seed)
+            grad = in_format(grads[offset : offset + len(y)].to(fwd.z), self.parts.memory_format)
             offset += len(y)
-            lr = lr_at(self.cfg.train, epoch, self.total_epochs, batch, len(self.loader))
+            lr = self.cfg.federated.encoder_lr_scale * lr_at(self.cfg.train, epoch, self.total_epochs, batch, len(self.loader))
             set_lr(self.parts.optimizer, lr)
-            metrics = encoder_step(self.parts, x, y, z_hat, z, grad, lr)
+            metrics = encoder_step(self.parts, x, y, fwd, grad, lr)
             for key, value in metrics.items():
                 self.cursor.sums[key] = self.cursor.sums.get(key, 0.0) + float(value)
             self.cursor.steps += 1
@@ -270,14 +274,31 @@ class SplitClient:
         return self.cursor.epoch >= self.cursor.end_epoch
 
     @property
-    def _at_sync_point(self) -> bool:
+    def averaging_due(self) -> bool:
+        """SplitFed averages the encoders here: a sync period of batches is smashed since the last average."""
         period = self.cfg.federated.sync_period(len(self.loader))
         return period > 0 and self.cursor.since_sync >= period
 
     @property
+    def global_refit_due(self) -> bool:
+        """An epoch starts at which the server refits the global mixture (``cem.refits_at``)."""
+        cem = self.cfg.cem
+        epoch = self.cursor.epoch
+        return cem.federation == "global" and self.cursor.batch == 0 and epoch != self.cursor.refitted and cem.refits_at(epoch)
+
+    @property
+    def _at_sync_point(self) -> bool:
+        return self.averaging_due or (self.global_refit_due and not self.done)
+
+    @property
     def sync_due(self) -> bool:
-        """SplitFed averages now: a sync period of batches is smashed and stepped, the round goes on."""
+        """The client pauses within the round for the federation (an encoder average, a global CEM refit, or both)."""
         return self._at_sync_point and not self.done and not self.cursor.pending
+
+    def load_mixture(self, stats: MixtureStats) -> None:
+        """Take the server's global mixture for the epoch the cursor is at."""
+        self.cem.load_stats(stats)
+        self.cursor.refitted = self.cursor.epoch
 
     def load_encoder(self, state: dict[str, Tensor]) -> None:
         """Take the federation's average encoder (round start or a sync within the round)."""
@@ -294,7 +315,7 @@ class SplitClient:
             self.loader.set_epoch(epoch)
             x, y = self.loader.batch(batch)
             with torch.no_grad():
-                _, z = client_forward(self.parts, x, batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id))
+                z = client_forward(self.parts, x, batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id)).z
             zs.append(z)
             ys.append(y)
             epochs.append(epoch)

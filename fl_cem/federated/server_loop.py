@@ -53,6 +53,7 @@ class FederatedRun:
         self.shape = tuple(int(s) for s in first["shape"])
         self.num_classes = int(first["num_classes"])
         self.pixel_var = float(first["pixel_var"])
+        self.pixel_entropy = float(first["pixel_entropy"])
         self.server = SplitServer(cfg, self.shape, self.num_classes, resolve_device(cfg.run.device))  # type: ignore[arg-type]
         self.strategy = SplitLearningStrategy(
             cfg.federated.fraction_train, cfg.federated.averages_encoders, self.server.classify,
@@ -107,12 +108,15 @@ class FederatedRun:
         self.log(f"resumed {self.run_dir.root} after round {self.start_round - 1}")
 
     # ------------------------------------------------------------------ one round
-    def refit_global_cem(self, server_round: int, sampled: list[int]) -> None:
-        """Federated k-means: local centres -> global centres -> exact merged statistics."""
-        previous = {"centres": to_record({"centres": self.mixture.centres})} if self.mixture is not None else {}
-        seed_cfg = ConfigRecord({"seed": self.cfg.run.seed + server_round})
+    def refit_global_cem(self, server_round: int, sampled: Iterable[int], epoch: int, encoder: ArrayRecord | None = None) -> None:
+        """Federated k-means before local epoch ``epoch``: local centres -> global centres -> exact
+        merged statistics. At a round's start, or within it on the encoders just averaged
+        (``encoder``), which the clients load before they fit."""
+        records = {"centres": to_record({"centres": self.mixture.centres})} if self.mixture is not None else {}
+        records |= {"encoder": encoder} if encoder is not None else {}
+        seed_cfg = ConfigRecord({"seed": self.cfg.run.seed + epoch})
         replies = self.gather_sorted(
-            [Message(RecordDict({"config": seed_cfg, **previous}), n, "query.cem_centres") for n in sampled]
+            [Message(RecordDict({"config": seed_cfg, **records}), n, "query.cem_centres") for n in sampled]
         )
         if len(replies) < max(1, self.cfg.federated.min_clients):
             raise TooFewClients(f"round {server_round}: {len(replies)} clients answered the CEM refit, federated.min-clients is {self.cfg.federated.min_clients}")
@@ -232,15 +236,21 @@ class FederatedRun:
         }
 
     def continue_after_sync(self, server_round: int, synced: dict[int, Message]) -> set[int]:
-        """SplitFed within a round: average the encoders (and V1's decoder copies) of the clients
-        at a sync point, send each the average to go on with; returns them as active again."""
+        """The clients paused within a round go on: SplitFed's average of their encoders (and V1's
+        decoder copies) at a sync point, the global CEM refit at an epoch that refits (on the
+        averaged encoders), or both; returns them as active again."""
         replies = self.by_partition(synced.values())
-        encoder, _ = self.strategy.aggregate_train(server_round, replies)
-        self.server.average_decoders({self.partition(r.metadata.src_node_id): float(r.content["metrics"]["num_examples"]) for r in replies})
-        step = ConfigRecord({"round": server_round, "start": False, "chunk": self.cfg.federated.chunk})
-        assert encoder is not None
+        content: dict[str, Any] = {"config": ConfigRecord({"round": server_round, "start": False, "chunk": self.cfg.federated.chunk})}
+        if any(r.content["config"]["average"] for r in replies):
+            content["encoder"], _ = self.strategy.aggregate_train(server_round, replies)
+            self.server.average_decoders({self.partition(r.metadata.src_node_id): float(r.content["metrics"]["num_examples"]) for r in replies})
+        if any(r.content["config"]["refit"] for r in replies):
+            epoch = int(replies[0].content["config"]["epoch"])
+            self.refit_global_cem(server_round, synced, epoch, content.get("encoder"))
+            assert self.mixture is not None
+            content["mixture"] = to_record(self.mixture.state_dict())
         self.exchange.send(
-            [Message(RecordDict({"config": step, "encoder": encoder}), r.metadata.src_node_id, "train.step", group_id=str(server_round)) for r in replies]
+            [Message(RecordDict(dict(content)), r.metadata.src_node_id, "train.step", group_id=str(server_round)) for r in replies]
         )
         nodes = set(synced)
         synced.clear()
@@ -269,9 +279,8 @@ class FederatedRun:
                 tick = time.perf_counter()
                 sampled = self.strategy.sample(server_round, self.strategy.eligible(self.grid))
                 first_epoch = (server_round - 1) * cfg.federated.local_epochs
-                refit_due = (-first_epoch) % cfg.cem.refit_every < cfg.federated.local_epochs and (first_epoch > 0 or cfg.cem.fits_before_training)
-                if cfg.cem.enabled and cfg.cem.federation == "global" and refit_due:
-                    self.refit_global_cem(server_round, sampled)
+                if cfg.cem.federation == "global" and cfg.cem.refits_at(first_epoch):
+                    self.refit_global_cem(server_round, sampled, first_epoch)
                 done, train_metrics = self.train_round(server_round)
                 encoder, client_metrics = self.strategy.aggregate_train(server_round, done)
                 if encoder is not None:
@@ -323,7 +332,7 @@ class FederatedRun:
             total = int(self.mixture.counts.sum())
             merged = ConditionalEntropy(self.cfg.cem, self.cfg.noise.sigma, self.num_classes, total)
             merged.load_stats(self.mixture)
-            for key, value in merged.report(int(torch.tensor(self.shape).prod()), self.pixel_var).items():
+            for key, value in merged.report(int(torch.tensor(self.shape).prod()), self.pixel_var, self.pixel_entropy).items():
                 out[f"global_{key}"] = value
         return out
 

@@ -9,7 +9,13 @@ The numbers are the paper's Table 1 columns and ours, one value per run:
   ``<attack>_<mode>_mean_image`` is that baseline;
 - ``hxz_relative``: ``-L_C`` (Eq. 3 with ``H(x) := 0``) of the last epoch; federated runs the mean
   over clients, and ``global_hxz_relative`` of the server's merged mixture where there is one;
-- ``mse_lower_bound`` (and ``global_mse_lower_bound``): Theorem 1's estimate (docs/CEM.md);
+- ``mse_lower_bound`` (and ``global_mse_lower_bound``): Theorem 1's bound estimate with the
+  isotropic ``H(x)`` estimate, ``mse_lower_bound_full`` (and ``global_...``) with the
+  full-covariance one, where training recorded it (docs/CEM.md);
+- ``<attack>_<mode>_ratio`` and ``_ratio_full``: measured MSE over each bound estimate (mean
+  over the attacked clients), and ``<attack>_<mode>_violated`` / ``_violated_full`` = 1 where
+  an attack's MSE fell below that estimate (its ``H(x)`` estimate is too high); a failed attack
+  keeps its flag but has no ratio;
 - ``train_s``, ``attack_s``: wall time of training and of the recorded attacks.
 """
 
@@ -24,6 +30,8 @@ from typing import Any
 from fl_cem.reporting.run_dir import RunDir
 
 QUALITY = ("mse", "psnr", "ssim")
+BOUND_ESTIMATES = ("", "_full")
+"""Suffixes of Theorem 1's bound estimates: isotropic and full-covariance ``H(x)`` (:mod:`fl_cem.cem.bound`)."""
 
 
 @dataclass
@@ -60,6 +68,8 @@ def run_values(results: dict[str, Any]) -> dict[str, float]:
         "mse_lower_bound": cem.get("mean_mse_lower_bound" if federated else "mse_lower_bound"),
         "global_hxz_relative": cem.get("global_hxz_relative"),
         "global_mse_lower_bound": cem.get("global_mse_lower_bound"),
+        "mse_lower_bound_full": cem.get("mean_mse_lower_bound_full" if federated else "mse_lower_bound_full"),
+        "global_mse_lower_bound_full": cem.get("global_mse_lower_bound_full"),
         "train_s": final.get("train_time_s"),
     }
     values = {key: float(value) for key, value in raw.items() if value is not None}
@@ -71,11 +81,18 @@ def run_values(results: dict[str, Any]) -> dict[str, float]:
         baselines = [float(e["metrics"]["mse_mean_guess"]) for e in entries if "mse_mean_guess" in e["metrics"]]
         if baselines:
             values[f"{pair}_mean_image"] = sum(baselines) / len(baselines)
+        for suffix in BOUND_ESTIMATES:
+            if any(bound_violated(e, suffix) for e in entries):
+                values[f"{pair}_violated{suffix}"] = 1.0  # flagged in every report, failed attack or not
         if any(attack_failed(e) for e in entries):
             values[f"{pair}_failed"] = 1.0  # shown as failed; no figures, so no averages or gains either
             continue
         for quality in QUALITY:
             values[f"{pair}_{quality}"] = sum(float(e["metrics"][quality]) for e in entries) / len(entries)
+        for suffix in BOUND_ESTIMATES:
+            ratios = [float(e[f"mse_bound_ratio{suffix}"]) for e in entries if e.get(f"mse_bound_ratio{suffix}") is not None]
+            if ratios:
+                values[f"{pair}_ratio{suffix}"] = sum(ratios) / len(ratios)
     if latest:
         values["attack_s"] = sum(float(entry["time_s"]) for entry in latest.values())
     return values
@@ -92,6 +109,16 @@ def attack_failed(entry: dict[str, Any]) -> bool:
         return False  # no baseline recorded: nothing to judge by
     metrics.setdefault("mse_to_mean_image", float(metrics["mse"]) / float(metrics["mse_mean_guess"]))
     return not beats_mean_image(metrics)
+
+
+def bound_violated(entry: dict[str, Any], suffix: str = "") -> bool:
+    """An attack whose MSE fell below a Theorem 1 estimate (``bound_violated<suffix>``; older results:
+    judged from the recorded bound)."""
+    flag = entry.get(f"bound_violated{suffix}")
+    if flag is not None:
+        return bool(flag)
+    bound = entry.get(f"mse_lower_bound{suffix}")
+    return bound is not None and float(entry["metrics"]["mse"]) < float(bound)
 
 
 def latest_attacks(results: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:

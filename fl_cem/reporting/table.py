@@ -28,13 +28,16 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
-from fl_cem.reporting.collect import QUALITY, RunRecord
+from fl_cem.reporting.collect import BOUND_ESTIMATES, QUALITY, RunRecord
 
 METHOD_KEY = "defense.name"
 CEM_KEY = "cem.lambda"
 # Keys that never define a row: where and how a run ran, and the seed rows average over.
 IGNORED_KEYS = ("run.name", "run.output-dir", "run.seed", "run.device", "run.resume")
-FIXED_COLUMNS = ("accuracy", "hxz_relative", "global_hxz_relative", "mse_lower_bound", "global_mse_lower_bound", "train_s", "attack_s")
+FIXED_COLUMNS = (
+    "accuracy", "hxz_relative", "global_hxz_relative", "mse_lower_bound", "global_mse_lower_bound",
+    "mse_lower_bound_full", "global_mse_lower_bound_full", "train_s", "attack_s",
+)
 DIFFERENCE_COLUMNS = ("accuracy", "hxz_relative", "global_hxz_relative")
 """Columns whose gain is a difference; all others get a relative change."""
 
@@ -160,8 +163,10 @@ def _row(runs: list[RunRecord], roles: Roles) -> Row:
         seeds=[r.seed for r in runs],
     )
     failed = {k.removesuffix("_failed") for r in runs for k in r.values if k.endswith("_failed")}
+    figures = (*QUALITY, *(f"ratio{suffix}" for suffix in BOUND_ESTIMATES))
+    hidden = {f"{pair}_{figure}" for pair in failed for figure in figures}
     for column in {k for r in runs for k in r.values}:
-        if column.rsplit("_", 1)[0] in failed and column.rsplit("_", 1)[-1] in QUALITY:
+        if column in hidden:
             continue  # one seed's attack failed: the row's figure would hide it, so the row has none
         samples = [r.values[column] for r in runs if column in r.values]
         row.mean[column], row.std[column] = mean_std(samples)
@@ -228,12 +233,20 @@ def _mode_gain(gains: dict[str, float], mode: str) -> float:
 
 
 def _columns(records: Sequence[RunRecord]) -> list[str]:
-    """Accuracy, then each attack's MSE/PSNR/SSIM (decoder, GAN, others; train before infer), then ours."""
+    """Accuracy, each attack's MSE/PSNR/SSIM (decoder, GAN, others; train before infer), its MSE over
+    each Theorem 1 estimate, then ours."""
     present = {k for r in records for k in r.values}
     pairs = sorted({k.rsplit("_", 1)[0] for k in present if k.rsplit("_", 1)[-1] in (*QUALITY, "failed")}, key=_pair_order)
     shown = [f"{pair}_{q}" for q in QUALITY for pair in pairs if f"{pair}_{q}" in present or f"{pair}_failed" in present]
-    columns = ["accuracy"] + shown
+    ratios = [f"{pair}_ratio{s}" for s in BOUND_ESTIMATES for pair in pairs if f"{pair}_ratio{s}" in present]
+    columns = ["accuracy"] + shown + ratios
     return columns + [c for c in FIXED_COLUMNS[1:] if c in present]
+
+
+def ratio_pair(column: str) -> str:
+    """``<attack>_<mode>`` of an MSE / bound estimate column, else ``""``."""
+    pair, ratio, suffix = column.partition("_ratio")
+    return pair if ratio and suffix in BOUND_ESTIMATES else ""
 
 
 def _pair_order(pair: str) -> tuple[int, str, int]:

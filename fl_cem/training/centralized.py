@@ -39,9 +39,9 @@ def measure_cem(client: ClientParts, cfg: Config, splits: DataSplits, device: to
     """
     assert client.cem is not None
     if refit:
-        feats, labels = smashed_features(client.encoder, client.defense, iter(eval_loader(splits.train, cfg, device)))
+        feats, labels = smashed_features(client.encoder, client.defense, iter(eval_loader(splits.train, cfg, device)), cfg.cem.before_defense)
         client.cem.refit(feats, labels, torch.Generator().manual_seed(seed))
-    return client.cem.report(math.prod(splits.shape), splits.pixel_var)
+    return client.cem.report(math.prod(splits.shape), splits.pixel_var, splits.pixel_entropy)
 
 
 def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
     board = Board(run.tb_dir)
     began = time.perf_counter()
     try:
-        if cfg.cem.enabled and cfg.cem.fits_before_training and not client.cem.fitted:
+        if cfg.cem.refits_at(0) and not client.cem.fitted:
             measure_cem(client, cfg, splits, device, refit=True, seed=cfg.run.seed)
         for epoch in range(start, cfg.train.epochs):
             batches.set_epoch(epoch)
@@ -100,7 +100,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
             record = {"epoch": epoch + 1, "lr": lr_at(cfg.train, epoch, cfg.train.epochs, len(batches) - 1, len(batches)), "train_time_s": train_time, **epoch_train_metrics(sums, len(batches))}
             record["val"] = evaluate(client.encoder, client.defense, server.decoder, iter(eval_loader(splits.val, cfg, device)), cfg.noise.sigma, cfg.run.seed)
             record["test"] = evaluate(client.encoder, client.defense, server.decoder, iter(eval_loader(splits.test, cfg, device)), cfg.noise.sigma, cfg.run.seed)
-            refit = not cfg.cem.enabled or (epoch + 1) % cfg.cem.refit_every == 0
+            refit = not cfg.cem.enabled or cfg.cem.refits_at(epoch + 1)
             record["cem"] = measure_cem(client, cfg, splits, device, refit, cfg.run.seed + epoch + 1)
             history.append(record)
             save_checkpoint(run, cfg, epoch + 1, client, server, history)

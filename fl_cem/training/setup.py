@@ -40,6 +40,13 @@ def sgd(params: list[nn.Parameter] | object, cfg: TrainConfig) -> torch.optim.SG
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)  # type: ignore[arg-type]
 
 
+AUTHORS_MILESTONES = (60 / 240, 120 / 240, 180 / 240, 210 / 240)
+"""``train.schedule = "multistep"``: the CEM authors' MultiStep milestones, epochs 60, 120, 180 and
+210 of 240 (``model_training_paral_pruning.py`` lines 516 and 528-533), as fractions of the run so
+a shorter run keeps their shape."""
+AUTHORS_GAMMA = 0.2
+
+
 def lr_at(cfg: TrainConfig, epoch: int, total_epochs: int, batch: int = 0, batches: int = 1) -> float:
     """Learning rate of step ``batch`` of ``batches`` in ``epoch`` (0-based): a pure function, resume-safe.
 
@@ -53,6 +60,8 @@ def lr_at(cfg: TrainConfig, epoch: int, total_epochs: int, batch: int = 0, batch
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
     elif cfg.schedule == "step":
         lr = cfg.lr * (0.1 ** sum(progress >= m for m in (0.5, 0.75)))
+    elif cfg.schedule == "multistep":
+        lr = cfg.lr * (AUTHORS_GAMMA ** sum(progress >= m for m in AUTHORS_MILESTONES))
     else:
         lr = cfg.lr
     position = epoch + (batch + 1) / batches

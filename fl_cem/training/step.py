@@ -2,9 +2,9 @@
 
 Centralized training calls :func:`train_step`, which is exactly::
 
-    z_hat, z = client_forward(client, x, seed)           # client: encoder -> defense -> + noise
-    grad_z, m = decoder_step(server, z, y)               # server: decoder forward/backward/step
-    encoder_step(client, x, y, z_hat, z, grad_z)         # client: chain rule + CEM + defense, step
+    fwd = client_forward(client, x, seed)                # client: encoder -> defense -> + noise
+    grad_z, m = decoder_step(server, fwd.z, y)           # server: decoder forward/backward/step
+    encoder_step(client, x, y, fwd, grad_z, lr)          # client: chain rule + CEM + defense, step
 
 The federated path calls the same three functions on either side of a Flower message. The
 client cannot keep an autograd graph between messages, so it sends ``z`` computed without a
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -80,8 +80,19 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(tracked)
 
 
-def smash(encoder: nn.Module, defense: Defense, x: Tensor, sigma: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Client forward: features ``z_hat`` before noise and smashed data ``z = z_hat + eps``.
+class Forward(NamedTuple):
+    """The three tensors of one client forward pass."""
+
+    z_raw: Tensor
+    """The encoder's output."""
+    z_hat: Tensor
+    """After the defense's transform (dropout, top-k), before noise."""
+    z: Tensor
+    """``z_hat`` plus noise: the smashed data on the wire."""
+
+
+def forward(encoder: nn.Module, defense: Defense, x: Tensor, sigma: float, seed: int) -> Forward:
+    """Client forward: encoder, the defense's transform, then ``z = z_hat + eps``.
 
     Every random draw (noise, dropout masks) comes from ``seed`` inside a forked RNG, so the
     same call gives the same tensors again and leaves the global RNG untouched.
@@ -89,14 +100,21 @@ def smash(encoder: nn.Module, defense: Defense, x: Tensor, sigma: float, seed: i
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        z_hat = defense.transform(encoder(x))
+        z_raw = encoder(x)
+        z_hat = defense.transform(z_raw)
         z = z_hat + sigma * torch.randn_like(z_hat) if sigma > 0 else z_hat
-    return z_hat, z
+    return Forward(z_raw, z_hat, z)
 
 
-def client_forward(client: ClientParts, x: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+def smash(encoder: nn.Module, defense: Defense, x: Tensor, sigma: float, seed: int) -> tuple[Tensor, Tensor]:
+    """:func:`forward`'s ``z_hat`` and ``z``: what every path that only sends or inverts needs."""
+    fwd = forward(encoder, defense, x, sigma, seed)
+    return fwd.z_hat, fwd.z
+
+
+def client_forward(client: ClientParts, x: Tensor, seed: int) -> Forward:
     """The client's forward pass with autograd on (centralized step, federated recompute)."""
-    return smash(client.encoder, client.defense, x, client.sigma, seed)
+    return forward(client.encoder, client.defense, x, client.sigma, seed)
 
 
 def decoder_step(server: ServerParts, z: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
@@ -122,15 +140,14 @@ def decoder_step(server: ServerParts, z: Tensor, y: Tensor) -> tuple[Tensor, Met
     return z.grad, metrics
 
 
-def encoder_step(
-    client: ClientParts, x: Tensor, y: Tensor, z_hat: Tensor, z: Tensor, grad_z: Tensor, lr: float
-) -> Metrics:
+def encoder_step(client: ClientParts, x: Tensor, y: Tensor, fwd: Forward, grad_z: Tensor, lr: float) -> Metrics:
     """Client: back-propagate the server's gradient plus the client's own losses, then step.
 
     ``(z * grad_z).sum()`` has gradient ``grad_z`` with respect to ``z``, so its backward pass is
     the chain rule through the encoder. CEM (Eq. 8: L = L_D + lambda * L_C) and defense terms
     are computed here, on the client, and reach only the encoder.
     """
+    z_hat, z = fwd.z_hat, fwd.z
     loss = (z * grad_z).sum()
     metrics: Metrics = {}
     defense_loss = client.defense.client_loss(x, z_hat, z, y)
@@ -138,22 +155,22 @@ def encoder_step(
         loss = loss + defense_loss
         metrics["defense_loss"] = defense_loss.detach()
     if client.cem is not None and client.cem.cfg.lam > 0 and client.cem.fitted:
-        cem_loss = client.cem.loss(z_hat, y)
+        cem_loss = client.cem.loss(fwd.z_raw if client.cem.cfg.before_defense else z_hat, y)
         loss = loss + client.cem.effective_lambda(lr) * cem_loss
         metrics["cem_loss"] = cem_loss.detach()
     client.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     client.optimizer.step()
-    for key, value in client.defense.adversary_step(x, z.detach()).items():
+    for key, value in client.defense.adversary_step(x, z_hat.detach(), z.detach()).items():
         metrics[f"adversary_{key}"] = torch.tensor(value)
     return metrics
 
 
 def train_step(client: ClientParts, server: ServerParts, x: Tensor, y: Tensor, seed: int) -> Metrics:
     """One split-learning step on a batch, client and server in one process."""
-    z_hat, z = client_forward(client, x, seed)
-    grad_z, metrics = decoder_step(server, z, y)
-    metrics.update(encoder_step(client, x, y, z_hat, z, grad_z, current_lr(client.optimizer)))
+    fwd = client_forward(client, x, seed)
+    grad_z, metrics = decoder_step(server, fwd.z, y)
+    metrics.update(encoder_step(client, x, y, fwd, grad_z, current_lr(client.optimizer)))
     return metrics
 
 
@@ -164,14 +181,15 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 @torch.no_grad()
 def smashed_features(
-    encoder: nn.Module, defense: Defense, batches: Iterator[tuple[Tensor, Tensor]]
+    encoder: nn.Module, defense: Defense, batches: Iterator[tuple[Tensor, Tensor]], before_defense: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """Noise-free features ``z_hat`` and labels of a whole pass, in eval mode (CEM refits)."""
+    """Noise-free features and labels of a whole pass, in eval mode (CEM refits): ``z_hat``, or
+    the encoder's output ``z_raw`` with ``before_defense`` (``cem.before_defense``)."""
     was = encoder.training, defense.training
     encoder.eval()
     defense.eval()
     try:
-        feats, labels = zip(*((defense.transform(encoder(x)), y) for x, y in batches))
+        feats, labels = zip(*((encoder(x) if before_defense else defense.transform(encoder(x)), y) for x, y in batches))
     finally:
         encoder.train(was[0])
         defense.train(was[1])
