@@ -22,6 +22,9 @@ Prints a table and writes ``benchmarks/results/federated_accuracy.json`` and ``.
 and through Flower's simulation engine with 10 clients (its partition, CEM and defense as
 written; one local epoch per round, so the passes match) and writes
 ``federated_accuracy_cifar10.json`` (``--cifar10-partitioner iid``: ``..._iid.json``).
+``--cifar10-set federated.sync-every=1 federated.encoder-lr-scale=10`` changes the federated
+run only (the linear scaling rule, docs/FEDERATED.md), ``--set cem.lambda=0`` both runs, and
+``--label NAME`` appends ``_NAME`` to the file name.
 """
 
 from __future__ import annotations
@@ -47,13 +50,13 @@ V1_MAX_CLIENTS = 10
 """SplitFed V1 keeps N decoder copies; at N = 100 they need about 11 GB of this machine's 24."""
 
 
-def cifar10(config: Path, clients: int, partitioner: str | None, federated_keys: dict[str, str], label: str | None) -> None:
+def cifar10(config: Path, clients: int, partitioner: str | None, federated_keys: dict[str, object], both_keys: dict[str, object], label: str | None) -> None:
     """Issue 12's CIFAR-10 floor: ``config`` centrally and through Flower's simulation with
     ``clients`` clients, the same passes over the data (one local epoch per round);
-    ``federated_keys`` (``federated.*``) change the federated run only."""
+    ``federated_keys`` (``federated.*``) change the federated run only, ``both_keys`` both."""
     print(f"load average before: {os.getloadavg()}", flush=True)
     with TemporaryDirectory() as tmp:
-        cfg = Config.load(config, {"run.output-dir": tmp, "run.device": "cpu", **({"partition.partitioner": partitioner} if partitioner else {})})
+        cfg = Config.load(config, {"run.output-dir": tmp, "run.device": "cpu", **({"partition.partitioner": partitioner} if partitioner else {}), **both_keys})
         passes = cfg.train.epochs
         tick = time.perf_counter()
         central = train_centralized(cfg.replace(**{"run.name": "central"}), log=lambda _: None)["final"]
@@ -66,7 +69,7 @@ def cifar10(config: Path, clients: int, partitioner: str | None, federated_keys:
         print(f"federated, {clients} clients, {passes} rounds: test accuracy {federated['test_accuracy_mean']:.3f} ({federated_s:.0f} s)", flush=True)
     out = {
         "config": str(config), "clients": clients, "passes": passes, "variant": fed_cfg.federated.variant,
-        "partitioner": fed_cfg.partition.partitioner, "federated_keys": federated_keys, "centralized_test_accuracy": central["test_accuracy"],
+        "partitioner": fed_cfg.partition.partitioner, "federated_keys": federated_keys, "keys": both_keys, "centralized_test_accuracy": central["test_accuracy"],
         "federated_test_accuracy_mean": federated["test_accuracy_mean"], "federated_local_test_accuracy_mean": federated["local_test_accuracy_mean"],
         "gap_to_centralized": central["test_accuracy"] - federated["test_accuracy_mean"],
         "centralized_seconds": central_s, "federated_seconds": federated_s, "commit": git_commit(), "environment": environment(),
@@ -93,6 +96,7 @@ def main() -> None:
     parser.add_argument("--cifar10", type=Path, metavar="CONFIG", help="instead: this CIFAR-10 config centrally and with 10 clients")
     parser.add_argument("--cifar10-partitioner", help="with --cifar10: replace the config's partition.partitioner (writes ..._<name>.json)")
     parser.add_argument("--cifar10-set", nargs="*", default=[], metavar="KEY=VALUE", help="with --cifar10: federated.* keys of the federated run only")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="both_set", help="with --cifar10: keys of both runs (e.g. cem.lambda=0)")
     parser.add_argument("--label", help="with --cifar10: suffix of the JSON file name (..._<label>.json)")
     args = parser.parse_args()
     if args.passes % 2:
@@ -101,7 +105,8 @@ def main() -> None:
         keys = {key: literal(value) for key, value in (item.split("=", 1) for item in args.cifar10_set)}
         if any(not key.startswith("federated.") for key in keys):
             parser.error("--cifar10-set takes federated.* keys only: the centralized reference must stay the same")
-        cifar10(args.cifar10, 10, args.cifar10_partitioner, keys, args.label)
+        both = {key: literal(value) for key, value in (item.split("=", 1) for item in args.both_set)}
+        cifar10(args.cifar10, 10, args.cifar10_partitioner, keys, both, args.label)
         return
     torch.set_num_threads(1)
     print(f"load average before: {os.getloadavg()}", flush=True)
