@@ -54,7 +54,7 @@ class GanAttack(DecoderAttack):
         super().setup()
         with seeded(self.seed, Stream.CRITIC_INIT, self.device):
             self.critic = critic(self.input_shape).to(self.device)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.cfg.lr, betas=ADAM_BETAS)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.cfg.gan_lr, betas=ADAM_BETAS)
         self._batches_seen = 0
 
     @property
@@ -63,8 +63,12 @@ class GanAttack(DecoderAttack):
         return self.cfg.gan_epochs
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        """Adam on the generator at ``attack.lr`` (paper S.9: 0.005) with GAN betas."""
-        return torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr, betas=ADAM_BETAS)
+        """Adam on the generator at ``attack.gan-lr`` (paper S.9: 0.005) with GAN betas."""
+        return torch.optim.Adam(self.net.parameters(), lr=self.cfg.gan_lr, betas=ADAM_BETAS)
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> None:
+        """A constant rate: the two players' balance under a decaying generator rate is untested here."""
+        return None
 
     def _train_epoch(self, images: Tensor, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """One pass: a critic update every batch, a generator update every ``gan-n-critic`` batches."""

@@ -215,14 +215,15 @@ class SplitClient:
         """Smashed data of a whole split (``test``, ``val`` or ``local_test``), noise on, as deployed (the server classifies it)."""
         data = self.splits.test.subset(self.local_test) if split == "local_test" else getattr(self.splits, split)
         loader = BatchLoader(data, self.cfg.train.eval_batch_size, self.device, shuffle=False)
+        was = self.parts.encoder.training, self.parts.defense.training
         self.parts.encoder.eval()
         self.parts.defense.eval()
         try:
             with torch.no_grad():
                 out = [(smash(self.parts.encoder, self.parts.defense, x, self.cfg.noise.sigma, seed + i)[1], y) for i, (x, y) in enumerate(loader)]
         finally:
-            self.parts.encoder.train()
-            self.parts.defense.train()
+            self.parts.encoder.train(was[0])
+            self.parts.defense.train(was[1])
         return torch.cat([z for z, _ in out]), torch.cat([y for _, y in out])
 
     def cem_report(self, seed: int) -> dict[str, float]:

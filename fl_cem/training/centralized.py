@@ -157,10 +157,7 @@ def log_epoch(board: Board, record: dict[str, Any], client: ClientParts, splits:
     for section in ("val", "test", "cem"):
         board.scalars(section, record[section], step)
     x = splits.test.images[:16].to(device).float() / 255
-    with torch.no_grad():
-        client.encoder.eval()
-        z = client.defense.transform(client.encoder(x))
-        client.encoder.train()
+    z, _ = smashed_features(client.encoder, client.defense, iter([(x, torch.zeros(len(x)))]))
     channel = z[:, :1]
     channel = (channel - channel.amin()) / (channel.amax() - channel.amin() + 1e-8)
     board.images("inputs", x, step)
