@@ -124,11 +124,11 @@ FLOWER_VS_REFERENCE_TOLERANCE = 0.02
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("variant", "sync"), [("splitfed-v2", "epoch"), ("splitfed-v1", "3"), ("vanilla", "round")])
-def test_flower_path_computes_the_reference_protocol(tiny: Callable[..., Config], variant: str, sync: str) -> None:
+@pytest.mark.parametrize(("variant", "sync", "scale"), [("splitfed-v2", "epoch", 1.0), ("splitfed-v1", "3", 1.0), ("vanilla", "round", 1.0), ("splitfed-v2", "1", 2.0)])
+def test_flower_path_computes_the_reference_protocol(tiny: Callable[..., Config], variant: str, sync: str, scale: float) -> None:
     # Prepare: 150 samples per client in batches of 32 = 5 batches a local epoch, 2 local epochs
-    cfg = tiny(**{"run.name": f"ref-{variant}", "partition.num-partitions": 2, "federated.rounds": 2, "federated.local-epochs": 2,
-                  "federated.variant": variant, "federated.sync-every": sync})
+    cfg = tiny(**{"run.name": f"ref-{variant}-{sync}", "partition.num-partitions": 2, "federated.rounds": 2, "federated.local-epochs": 2,
+                  "federated.variant": variant, "federated.sync-every": sync, "federated.encoder-lr-scale": scale})
     # Execute
     simulate(cfg, num_clients=2)
     reference = run_reference(cfg, 2, log=lambda _: None)
