@@ -56,7 +56,7 @@ def run_sweep(spec: SweepSpec, log: Log = print, only: Sequence[str] = ()) -> Sw
         How many cells ran, were skipped as finished, or failed.
     """
     cells = select_cells(spec.cells(), only)
-    idle = {cell.name: reason for cell in cells if (reason := Config.from_flat(cell.overrides).cem_idle_reason(cell.execution.kind))}
+    idle = {cell.name: reason for cell in cells if (reason := _cem_idle_reason(cell))}
     if idle:
         name, reason = next(iter(idle.items()))
         raise ValueError(f"sweep {spec.name}: {len(idle)} cell(s) where CEM cannot act, e.g. {name}: {reason}; train longer or use cem.variant = 'paper'")
@@ -85,6 +85,16 @@ def run_sweep(spec: SweepSpec, log: Log = print, only: Sequence[str] = ()) -> Sw
             log(f"{head}: FAILED in {status['wall_s']:.0f}s at {status['stage']}: {status['error']}")
     log(f"sweep {spec.name}: {summary.ran} ran, {summary.skipped} skipped, {summary.failed} failed, {time.perf_counter() - began:.0f}s")
     return summary
+
+
+def _cem_idle_reason(cell: Cell) -> str | None:
+    """Why CEM cannot act in ``cell`` (:meth:`Config.cem_idle_reason`); a cell whose config is
+    invalid is left to fail on its own and be recorded in its status, as any failing cell is."""
+    try:
+        cfg = Config.from_flat(cell.overrides)
+    except ValueError:
+        return None
+    return cfg.cem_idle_reason(cell.execution.kind)
 
 
 def _prefixed(log: Log, prefix: str) -> Log:
