@@ -13,16 +13,15 @@ import math
 from typing import Callable, Iterable
 
 import torch
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch import Tensor
 
 from fl_cem.cem import MixtureStats
 from fl_cem.cem.kmeans import combine_centres
-from fl_cem.federated.wire import from_record
+from fl_cem.federated.averaging import average_states
+from fl_cem.federated.wire import from_record, to_record
 
 Classify = Callable[[Tensor, Tensor, int], dict[str, float]]
 
@@ -91,14 +90,8 @@ class SplitLearningStrategy(Strategy):
         metrics["num_examples"] = total
         if not self.averages_encoders:
             return None, metrics
-        records = [RecordDict({"encoder": c["encoder"], "metrics": c["metrics"]}) for c in contents]
-        average = aggregate_arrayrecords(records, "num_examples")
-        # Pruning masks (PATROL) are not weights: averaging would leave fractional masks. A
-        # weight stays only where every client kept it.
-        for key in [k for k in average if k.endswith("_mask")]:
-            stacked = np.stack([c["encoder"][key].numpy() for c in contents])
-            average[key] = Array(np.ascontiguousarray(stacked.min(axis=0)))
-        return average, metrics
+        average = average_states([from_record(c["encoder"]) for c in contents], weights)
+        return to_record(average), metrics
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

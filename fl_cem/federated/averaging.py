@@ -7,11 +7,18 @@ from torch import Tensor, nn
 
 
 def average_states(states: list[dict[str, Tensor]], weights: list[float]) -> dict[str, Tensor]:
-    """Weighted mean of floating-point entries, summed in float64; integer buffers (batch counts) from the first."""
+    """Weighted mean of floating-point entries, summed in float64; integer buffers (batch counts) from the first.
+
+    Pruning masks (PATROL's ``*_mask`` buffers) are not weights: averaging would leave fractional
+    masks, so a weight stays only where every state kept it. The Flower strategy and the
+    in-process reference both average here, so the two paths agree to the last bit.
+    """
     total = float(sum(weights))
     out = {}
     for key, first in states[0].items():
-        if first.is_floating_point():
+        if key.endswith("_mask"):
+            out[key] = torch.stack([state[key] for state in states]).amin(dim=0)
+        elif first.is_floating_point():
             mean = torch.zeros_like(first, dtype=torch.float64)
             for state, weight in zip(states, weights):
                 mean += state[key].double() * (weight / total)
