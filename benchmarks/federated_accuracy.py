@@ -24,7 +24,8 @@ written; one local epoch per round, so the passes match) and writes
 ``federated_accuracy_cifar10.json`` (``--cifar10-partitioner iid``: ``..._iid.json``).
 ``--cifar10-set federated.sync-every=1 federated.encoder-lr-scale=10`` changes the federated
 run only (the linear scaling rule, docs/FEDERATED.md), ``--set cem.lambda=0`` both runs, and
-``--label NAME`` appends ``_NAME`` to the file name.
+``--label NAME`` appends ``_NAME`` to the file name, and ``--seeds 0 1 2`` repeats both runs per
+seed (at five passes the centralized accuracy alone moves by 5 points between seeds).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import json
 import os
 import time
 from pathlib import Path
+from statistics import mean, stdev
 from tempfile import TemporaryDirectory
 
 import torch
@@ -50,30 +52,44 @@ V1_MAX_CLIENTS = 10
 """SplitFed V1 keeps N decoder copies; at N = 100 they need about 11 GB of this machine's 24."""
 
 
-def cifar10(config: Path, clients: int, partitioner: str | None, federated_keys: dict[str, object], both_keys: dict[str, object], label: str | None) -> None:
+def cifar10(
+    config: Path, clients: int, partitioner: str | None, federated_keys: dict[str, object], both_keys: dict[str, object], label: str | None, seeds: list[int]
+) -> None:
     """Issue 12's CIFAR-10 floor: ``config`` centrally and through Flower's simulation with
-    ``clients`` clients, the same passes over the data (one local epoch per round);
-    ``federated_keys`` (``federated.*``) change the federated run only, ``both_keys`` both."""
+    ``clients`` clients, the same passes over the data (one local epoch per round), once per
+    seed (``run.seed``: initialisation, data order, partition); ``federated_keys``
+    (``federated.*``) change the federated run only, ``both_keys`` both."""
     print(f"load average before: {os.getloadavg()}", flush=True)
-    with TemporaryDirectory() as tmp:
-        cfg = Config.load(config, {"run.output-dir": tmp, "run.device": "cpu", **({"partition.partitioner": partitioner} if partitioner else {}), **both_keys})
-        passes = cfg.train.epochs
-        tick = time.perf_counter()
-        central = train_centralized(cfg.replace(**{"run.name": "central"}), log=lambda _: None)["final"]
-        central_s = time.perf_counter() - tick
-        print(f"centralized, {passes} epochs: test accuracy {central['test_accuracy']:.3f} ({central_s:.0f} s)", flush=True)
-        fed_cfg = cfg.replace(**{"run.name": "federated", "federated.rounds": passes, "federated.local-epochs": 1, **federated_keys})
-        tick = time.perf_counter()
-        federated = run_federated(fed_cfg, clients)["final"]
-        federated_s = time.perf_counter() - tick
-        print(f"federated, {clients} clients, {passes} rounds: test accuracy {federated['test_accuracy_mean']:.3f} ({federated_s:.0f} s)", flush=True)
+    cells = []
+    for seed in seeds:
+        with TemporaryDirectory() as tmp:
+            overrides = {"run.output-dir": tmp, "run.device": "cpu", "run.seed": seed, **({"partition.partitioner": partitioner} if partitioner else {}), **both_keys}
+            cfg = Config.load(config, overrides)
+            passes = cfg.train.epochs
+            tick = time.perf_counter()
+            central = train_centralized(cfg.replace(**{"run.name": "central"}), log=lambda _: None)["final"]
+            central_s = time.perf_counter() - tick
+            print(f"seed {seed}: centralized, {passes} epochs: test accuracy {central['test_accuracy']:.3f} ({central_s:.0f} s)", flush=True)
+            fed_cfg = cfg.replace(**{"run.name": "federated", "federated.rounds": passes, "federated.local-epochs": 1, **federated_keys})
+            tick = time.perf_counter()
+            federated = run_federated(fed_cfg, clients)["final"]
+            federated_s = time.perf_counter() - tick
+            print(f"seed {seed}: federated, {clients} clients, {passes} rounds: test accuracy {federated['test_accuracy_mean']:.3f} ({federated_s:.0f} s)", flush=True)
+        cells.append({
+            "seed": seed, "centralized_test_accuracy": central["test_accuracy"], "federated_test_accuracy_mean": federated["test_accuracy_mean"],
+            "federated_local_test_accuracy_mean": federated["local_test_accuracy_mean"], "gap_to_centralized": central["test_accuracy"] - federated["test_accuracy_mean"],
+            "centralized_seconds": central_s, "federated_seconds": federated_s,
+        })
+    gaps = [cell["gap_to_centralized"] for cell in cells]
     out = {
         "config": str(config), "clients": clients, "passes": passes, "variant": fed_cfg.federated.variant,
-        "partitioner": fed_cfg.partition.partitioner, "federated_keys": federated_keys, "keys": both_keys, "centralized_test_accuracy": central["test_accuracy"],
-        "federated_test_accuracy_mean": federated["test_accuracy_mean"], "federated_local_test_accuracy_mean": federated["local_test_accuracy_mean"],
-        "gap_to_centralized": central["test_accuracy"] - federated["test_accuracy_mean"],
-        "centralized_seconds": central_s, "federated_seconds": federated_s, "commit": git_commit(), "environment": environment(),
+        "partitioner": fed_cfg.partition.partitioner, "federated_keys": federated_keys, "keys": both_keys, "seeds": cells,
+        "centralized_test_accuracy": mean(c["centralized_test_accuracy"] for c in cells),
+        "federated_test_accuracy_mean": mean(c["federated_test_accuracy_mean"] for c in cells),
+        "gap_to_centralized": mean(gaps), "gap_std": stdev(gaps) if len(gaps) > 1 else 0.0,
+        "commit": git_commit(), "environment": environment(),
     }
+    print(f"gap to centralized over {len(cells)} seeds: {out['gap_to_centralized']:.3f} +- {out['gap_std']:.3f}", flush=True)
     RESULTS.mkdir(exist_ok=True)
     suffix = (f"_{partitioner}" if partitioner else "") + (f"_{label}" if label else "")
     (RESULTS / f"federated_accuracy_cifar10{suffix}.json").write_text(json.dumps(out, indent=2))
@@ -98,6 +114,7 @@ def main() -> None:
     parser.add_argument("--cifar10-set", nargs="*", default=[], metavar="KEY=VALUE", help="with --cifar10: federated.* keys of the federated run only")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="both_set", help="with --cifar10: keys of both runs (e.g. cem.lambda=0)")
     parser.add_argument("--label", help="with --cifar10: suffix of the JSON file name (..._<label>.json)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --cifar10: one centralized and one federated run per seed")
     args = parser.parse_args()
     if args.passes % 2:
         parser.error("--passes must be even: federated cells run passes / 2 rounds of two local epochs")
@@ -106,7 +123,7 @@ def main() -> None:
         if any(not key.startswith("federated.") for key in keys):
             parser.error("--cifar10-set takes federated.* keys only: the centralized reference must stay the same")
         both = {key: literal(value) for key, value in (item.split("=", 1) for item in args.both_set)}
-        cifar10(args.cifar10, 10, args.cifar10_partitioner, keys, both, args.label)
+        cifar10(args.cifar10, 10, args.cifar10_partitioner, keys, both, args.label, args.seeds)
         return
     torch.set_num_threads(1)
     print(f"load average before: {os.getloadavg()}", flush=True)

@@ -136,6 +136,9 @@ class ModelConfig:
     """Channels of the bottleneck conv at the encoder output (0 = no bottleneck)."""
     sigmoid: bool = False
     """Squash the encoder output with a sigmoid before it leaves the client."""
+    decoder_width: float = 1.0
+    """Scale of the server-side conv widths (VGG11 only; 1 = the paper's). A narrower decoder
+    makes CPU-scale reproductions affordable; the client's encoder is unchanged."""
 
     def __post_init__(self) -> None:
         _one_of("model.arch", self.arch, ARCHS)
@@ -143,6 +146,9 @@ class ModelConfig:
         if not 1 <= self.cut <= limit:
             raise ValueError(f"model.cut must be between 1 and {limit} for {self.arch}; got {self.cut}")
         _non_negative("model.bottleneck", self.bottleneck)
+        _positive("model.decoder-width", self.decoder_width)
+        if self.decoder_width != 1.0 and self.arch != "vgg11":
+            raise ValueError(f"model.decoder-width scales VGG11's server convs only; got {self.decoder_width} with {self.arch}")
 
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
@@ -330,6 +336,9 @@ class AttackConfig:
     """Most smashed-data samples the curious server keeps per run."""
     holdout: float = 0.1
     """``train`` mode: share of the training split held out as targets, never in the attacker's data."""
+    aux_limit: int = 0
+    """Most auxiliary images the attacker trains on, a seeded sample (0 = all its split offers);
+    bounds an attack's CPU cost when the training split is large."""
     gan_lr: float = 0.005
     """``gan``: Adam learning rate of generator and critic, constant (paper S.9: 0.005)."""
     gan_epochs: int = 150
@@ -358,6 +367,7 @@ class AttackConfig:
         _positive("attack.batch-size", self.batch_size)
         _non_negative("attack.intercept-max", self.intercept_max)
         _fraction("attack.holdout", self.holdout)
+        _non_negative("attack.aux-limit", self.aux_limit)
         if self.holdout >= 1:
             raise ValueError(f"attack.holdout must be < 1; got {self.holdout}")
         _positive("attack.gan-lr", self.gan_lr)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fl_cem.attacks.evaluate import attack_splits, make_attack, run_attack, split_images
+from fl_cem.attacks.evaluate import attack_splits, limit_aux, make_attack, run_attack, split_images
 from fl_cem.attacks.rmle import RmleAttack
 from fl_cem.config import AttackConfig
 from tests.test_attack_inversion import one_thread  # noqa: F401  (autouse: train on one thread here too)
@@ -110,3 +110,14 @@ def test_run_attack_takes_uint8_images_and_keeps_a_few_pairs_for_grids() -> None
     assert torch.allclose(result.originals, torch.full((3, 1, 4, 4), 0.6))
     assert torch.allclose(result.reconstructions, torch.full((3, 1, 4, 4), 0.6), atol=1e-5)
     assert result.grid(n=3).shape == (3, 2 * 6 + 2, 3 * 6 + 2)
+
+
+def test_aux_limit_keeps_a_seeded_sample_of_the_attackers_images() -> None:
+    # Prepare
+    aux = torch.arange(100.0).reshape(100, 1, 1, 1)
+    # Execute
+    first, again, other = limit_aux(aux, 30, seed=1), limit_aux(aux, 30, seed=1), limit_aux(aux, 30, seed=2)
+    # Assert: 30 distinct images of the 100, the same for the same seed; no limit keeps all
+    assert len(first) == 30 and len(set(first.flatten().tolist())) == 30
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(limit_aux(aux, 0, seed=1), aux) and torch.equal(limit_aux(aux, 500, seed=1), aux)

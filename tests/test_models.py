@@ -48,6 +48,19 @@ def test_vgg11_c2_bottleneck_parameter_counts_match_paper_table9() -> None:
     assert enc.macs == 64 * 32 * 32 * 27 + 128 * 16 * 16 * 576 + 8 * 8 * 8 * 1152 == 21_233_664
 
 
+def test_a_narrower_decoder_leaves_the_encoder_and_the_wire_unchanged() -> None:
+    # Execute
+    full = build_split_model(ModelConfig(cut=2, bottleneck=8), CIFAR, 10, *STATS)
+    half = build_split_model(ModelConfig(cut=2, bottleneck=8, decoder_width=0.5), CIFAR, 10, *STATS)
+    # Assert: the same encoder and smashed shape; the decoder's convs at half width
+    assert half.smashed_shape == full.smashed_shape
+    assert [p.shape for p in half.encoder.parameters()] == [p.shape for p in full.encoder.parameters()]
+    expected = conv(8, 128) + conv(128, 128) + conv(128, 128) + conv(128, 256) + 3 * conv(256, 256) + 256 * 10 + 10
+    assert complexity(half.decoder, half.smashed_shape).params == expected
+    with pytest.raises(ValueError, match="decoder-width"):
+        ModelConfig(arch="resnet20", decoder_width=0.5)
+
+
 def test_vgg11_adapts_to_tiny_grayscale_images() -> None:
     # Execute: 8x8 digits lose the pools that would go below 1x1
     model = build_split_model(ModelConfig(cut=2), (1, 8, 8), 10, (0.5,), (0.25,))

@@ -87,6 +87,14 @@ def split_images(
     return aux, targets
 
 
+def limit_aux(aux: Tensor, limit: int, seed: int) -> Tensor:
+    """A seeded sample of at most ``limit`` auxiliary images (``limit`` 0: all of them)."""
+    if not limit or len(aux) <= limit:
+        return aux
+    keep = torch.randperm(len(aux), generator=torch.Generator().manual_seed(seed + 7919))[:limit]
+    return aux[keep.sort().values.to(aux.device)]
+
+
 def make_attack(
     cfg: AttackConfig,
     smash: SmashFn,

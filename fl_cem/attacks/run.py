@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, make_attack, run_attack, split_images
+from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, limit_aux, make_attack, run_attack, split_images
 from fl_cem.attacks.metrics import bound_fields, save_comparison
 from fl_cem.cem.bound import gaussian_entropy, swap_entropy
 from fl_cem.config import Config
@@ -144,6 +144,7 @@ def attack_run(
             else:
                 aux, targets = split_images(mode, train_images, test_images, cfg.run.seed, cfg.attack.holdout)
                 target_z, source = None, "smashed"
+            aux = limit_aux(aux, cfg.attack.aux_limit, cfg.run.seed)
             model = make_attack(cfg.attack, victim.smash(cfg.noise.sigma, cfg.run.seed), splits.shape, tuple(victim_shape(victim, splits.shape)), device, cfg.run.seed)
             epochs = getattr(model, "epochs", 0)
             tag = f"{attack}_{mode}" + (f"_client{victim.client.partition_id}" if victim.client else "")

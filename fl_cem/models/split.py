@@ -38,6 +38,7 @@ def build_split_model(
     channels, height, width = input_shape
     if height != width:
         raise ValueError(f"models expect square images; got {height}x{width} (set data.image-size)")
+    widths = {"decoder_width": cfg.decoder_width} if cfg.decoder_width != 1.0 else {}
     encoder, decoder = _BUILDERS[cfg.arch](
         channels,
         height,
@@ -47,6 +48,7 @@ def build_split_model(
         sigmoid=cfg.sigmoid,
         mean=mean,
         std=std,
+        **widths,
     )
     with torch.no_grad():
         smashed = encoder.eval()(torch.zeros(1, *input_shape))

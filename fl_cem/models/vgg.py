@@ -55,6 +55,7 @@ def vgg11_split(
     sigmoid: bool,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    decoder_width: float = 1.0,
 ) -> tuple[nn.Sequential, nn.Sequential]:
     """Encoder and decoder of VGG11-BN split after conv layer ``cut`` (paper: c2).
 
@@ -68,7 +69,8 @@ def vgg11_split(
     """
     index = _cut_index(cut)
     client_layers, width, size = _make_layers(VGG11[:index], in_channels, image_size)
-    server_layers, out_width, _ = _make_layers(VGG11[index:], width, size)
+    server_config = [item if item == "M" else max(1, round(int(item) * decoder_width)) for item in VGG11[index:]]
+    server_layers, out_width, _ = _make_layers(server_config, width, size)
 
     encoder_layers: list[nn.Module] = [Normalize(mean, std), *client_layers]
     decoder_layers: list[nn.Module] = []
