@@ -37,6 +37,7 @@ def image_tree(root: Path, size: int, classes: int = 3) -> Path:
         ("paper_tinyimagenet", 64, "centralized__noise_nopeek_on_seed0"),
         ("paper_facescrub", 64, "centralized__patrol_on_seed0"),
         ("paper_fig4c_cuts", 32, "centralized__cut3_sigma0.1_on"),
+        ("cpu_table1", 32, "centralized__patrol_on"),
     ],
 )
 def test_paper_sweep_cell_trains_on_a_generated_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep: str, size: int, cell: str) -> None:
@@ -47,6 +48,7 @@ def test_paper_sweep_cell_trains_on_a_generated_folder(tmp_path: Path, monkeypat
     cells = {c.name: c for c in load_sweep(SWEEPS / f"{sweep}.toml").cells()}
     small = {
         "data.source": "imagefolder", "data.root": str(image_tree(tmp_path / "tree", size)), "data.val-fraction": 0.125,
+        "data.train-subset": 0, "data.test-subset": 0,
         "train.epochs": 2, "train.batch-size": 8, "cem.clusters-per-class": 1, "run.output-dir": str(tmp_path / "runs"), "run.name": cell,
         "run.device": "cpu", "defense.adversary-warmup": 0, "defense.prune-step": 1,
     }
