@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from fl_cem.attacks.base import SmashFn
 from fl_cem.attacks.evaluate import make_attack
 from fl_cem.attacks.networks import decoding_network
-from fl_cem.attacks.registry import list_attacks
+from fl_cem.registry import list_attacks
 from fl_cem.config import AttackConfig
 
 INPUT = (3, 32, 32)

@@ -121,7 +121,7 @@ def cmd_defaults(args: argparse.Namespace) -> int:
 
 
 def cmd_defenses(args: argparse.Namespace) -> int:
-    from fl_cem.defenses.registry import get_defense, list_defenses
+    from fl_cem.registry import get_defense, list_defenses
 
     for name in list_defenses():
         doc = (get_defense(name).__doc__ or "").strip().splitlines()[0]

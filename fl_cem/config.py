@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from fl_cem.registry import list_attacks, list_defenses
+
 Scalar = bool | int | float | str
 
 
@@ -462,15 +464,11 @@ class Config:
                 "cem.lambda > 0 with cem.variant = 'paper' needs noise.sigma > 0: "
                 "the bound's log-determinant ratio log|S+Sp|/|Sp| is infinite for Sp = 0"
             )
-        from fl_cem.defenses.registry import list_defenses  # late: defenses import config
-
         if self.defense.name not in list_defenses():
             raise ValueError(
                 f"defense.name {self.defense.name!r} is not a registered defense; "
                 f"choose one of {', '.join(list_defenses())}"
             )
-        from fl_cem.attacks.registry import list_attacks
-
         if self.attack.name not in list_attacks():
             raise ValueError(
                 f"attack.name {self.attack.name!r} is not a registered attack; "

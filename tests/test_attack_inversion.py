@@ -14,7 +14,7 @@ from torch import Tensor
 
 from fl_cem.attacks.base import SmashFn
 from fl_cem.attacks.evaluate import make_attack, run_attack
-from fl_cem.attacks.registry import list_attacks
+from fl_cem.registry import list_attacks
 from fl_cem.config import AttackConfig, Config
 
 CPU = torch.device("cpu")

@@ -11,7 +11,7 @@ from fl_cem.config import Config
 from fl_cem.defenses.adversarial import AdversarialDefense, ResSFL
 from fl_cem.defenses.base import Shapes
 from fl_cem.defenses.optim import ModuleAdam
-from fl_cem.defenses.registry import get_defense
+from fl_cem.registry import get_defense
 
 SHAPES = Shapes((3, 8, 8), (4, 4, 4))
 SIGMA = 0.025

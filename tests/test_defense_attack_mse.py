@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_cem.defenses.registry import list_defenses
+from fl_cem.registry import list_defenses
 from fl_cem.experiments.spec import load_sweep
 from fl_cem.experiments.sweep import run_sweep
 from fl_cem.reporting.run_dir import RunDir

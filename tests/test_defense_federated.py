@@ -11,7 +11,7 @@ import pytest
 from fl_cem.config import Config
 from fl_cem.defenses.adversarial import AdversarialDefense
 from fl_cem.defenses.base import Defense
-from fl_cem.defenses.registry import get_defense, list_defenses
+from fl_cem.registry import get_defense, list_defenses
 from fl_cem.reporting.run_dir import RunDir
 from tests.conftest import simulate
 

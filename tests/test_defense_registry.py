@@ -6,7 +6,7 @@ from torch import nn
 
 from fl_cem.config import Config
 from fl_cem.defenses.base import Shapes
-from fl_cem.defenses.registry import get_defense, list_defenses
+from fl_cem.registry import get_defense, list_defenses
 
 SHAPES = Shapes((3, 8, 8), (4, 4, 4))
 
@@ -65,3 +65,29 @@ def test_noise_defenses_refuse_zero_sigma(name: str) -> None:
     # Execute / Assert
     with pytest.raises(ValueError, match="noise.sigma > 0"):
         get_defense(name)(cfg, SHAPES)
+
+
+def test_the_built_in_names_are_exactly_what_their_modules_register() -> None:
+    # Prepare: config validation lists names from the map without importing any defense or attack
+    import importlib
+
+    from fl_cem.registry import ATTACKS, DEFENSES
+
+    for registry in (DEFENSES, ATTACKS):
+        # Execute
+        for module in set(registry.builtin.values()):
+            importlib.import_module(module)
+        registered = {name: cls.__module__ for name, cls in registry._entries.items()}
+        # Assert
+        assert {name: registered[name] for name in registry.builtin} == registry.builtin
+
+
+def test_loading_the_config_imports_no_defense_or_attack_module() -> None:
+    # Execute: a fresh interpreter loads and validates a config
+    import subprocess
+    import sys
+
+    code = "import sys; from fl_cem.config import Config; Config(); print(sorted(m for m in sys.modules if m.startswith(('fl_cem.defenses', 'fl_cem.attacks'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # Assert
+    assert out.strip() == "[]"

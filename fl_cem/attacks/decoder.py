@@ -23,7 +23,7 @@ from torch import Tensor
 from fl_cem.attacks.base import Attack
 from fl_cem.attacks.common import EpochCallback, Stream, as_images, map_batches, seeded, shuffled_batches
 from fl_cem.attacks.networks import INVERSION_NETWORKS
-from fl_cem.attacks.registry import register_attack
+from fl_cem.registry import register_attack
 
 COSINE_FLOOR = 1e-5
 """Learning rate the ``cosine`` schedule ends at (the authors' code)."""

@@ -21,7 +21,7 @@ from torch import Tensor
 from fl_cem.attacks.base import Attack, SmashFn
 from fl_cem.attacks.common import EpochCallback, Stream, as_images, map_batches, seeded
 from fl_cem.attacks.metrics import comparison_grid, mean_guess_mse, reconstruction_metrics
-from fl_cem.attacks.registry import get_attack
+from fl_cem.registry import get_attack
 from fl_cem.config import ATTACK_MODES, AttackConfig
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from fl_cem.attacks.common import Stream, seeded, shuffled_batches
 from fl_cem.attacks.decoder import DecoderAttack
 from fl_cem.attacks.networks import critic
-from fl_cem.attacks.registry import register_attack
+from fl_cem.registry import register_attack
 
 GRADIENT_PENALTY = 10.0
 """Weight of the WGAN-GP gradient penalty (Gulrajani et al. 2017; Zhang et al. 2020 use it too)."""

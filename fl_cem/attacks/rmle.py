@@ -20,7 +20,7 @@ from torch import Tensor
 
 from fl_cem.attacks.base import Attack
 from fl_cem.attacks.common import EpochCallback, Stream, as_images, seeded
-from fl_cem.attacks.registry import register_attack
+from fl_cem.registry import register_attack
 
 GRAY = 0.5
 """Starting pixel value before :meth:`RmleAttack.fit` has seen auxiliary images: mid-gray."""

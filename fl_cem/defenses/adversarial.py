@@ -35,7 +35,7 @@ from fl_cem.attacks.networks import decoding_network
 from fl_cem.config import Config
 from fl_cem.defenses.base import Defense, Shapes
 from fl_cem.defenses.optim import ModuleAdam
-from fl_cem.defenses.registry import register_defense
+from fl_cem.registry import register_defense
 
 SIMULATED_BLOCKS = 4
 """Residual blocks of the simulated attacker (ResSFL's ``res_normN4C64``; the evaluation attack has 8)."""

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from fl_cem.config import Config
 from fl_cem.defenses.base import Defense, Shapes
-from fl_cem.defenses.registry import register_defense
+from fl_cem.registry import register_defense
 
 _TINY = 1e-12
 """Floor under the square roots, so that degenerate batches give dCor = 0 instead of NaN."""

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from fl_cem.config import Config
 from fl_cem.defenses.base import Defense, Shapes
-from fl_cem.defenses.registry import register_defense
+from fl_cem.registry import register_defense
 
 
 def dropout_mask(z: Tensor, p: float) -> Tensor:

@@ -32,7 +32,7 @@ from torch.nn.utils import prune
 from fl_cem.config import Config
 from fl_cem.defenses.adversarial import ResSFL
 from fl_cem.defenses.base import Shapes
-from fl_cem.defenses.registry import register_defense
+from fl_cem.registry import register_defense
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -6,7 +6,7 @@ report tables can tell the rows apart.
 """
 
 from fl_cem.defenses.base import Defense
-from fl_cem.defenses.registry import register_defense
+from fl_cem.registry import register_defense
 
 
 @register_defense("none")

@@ -11,7 +11,7 @@ from fl_cem.cem import ConditionalEntropy
 from fl_cem.config import Config, TrainConfig
 from fl_cem.data import BatchLoader, ImageSet
 from fl_cem.defenses.base import Shapes
-from fl_cem.defenses.registry import get_defense
+from fl_cem.registry import get_defense
 from fl_cem.models.split import SplitModel, build_split_model
 from fl_cem.training.layout import model_format, place
 from fl_cem.training.step import ClientParts, ServerParts
