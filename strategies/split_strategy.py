@@ -1,7 +1,9 @@
-"""Round-level decisions of federated split learning, as a Flower ``Strategy``.
+"""Round-level decisions of federated split learning, in the shape of a Flower ``Strategy``.
 
-Within a round the ServerApp serves smashed batches one message at a time (a ``Strategy``'s
-one-message-per-client round cannot express that); everything decided per round lives here:
+Within a round the ServerApp serves smashed batches one message at a time, which a
+``Strategy``'s one-message-per-client round (``Strategy.start``) cannot express, so the round
+loop is ``FederatedRun``'s and this class is not a ``Strategy`` subclass: it keeps the
+``configure_*`` / ``aggregate_*`` names Flower users know. Everything decided per round lives here:
 which clients train (``fraction-train``), what they start from (the SplitFed average encoder
 with SplitFed, Thapa et al., AAAI 2022), how encoders, metrics and CEM
 statistics are aggregated, and how the per-client evaluation is summarised.
@@ -15,7 +17,6 @@ from typing import Callable, Iterable
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
 from fl_cem.cem import MixtureStats
@@ -26,7 +27,7 @@ from fl_cem.federated.wire import from_record, to_record
 Classify = Callable[[Tensor, Tensor, int], dict[str, float]]
 
 
-class SplitLearningStrategy(Strategy):
+class SplitLearningStrategy:
     """Client sampling, SplitFed encoder averaging, CEM statistics merging, evaluation summary.
 
     Parameters
@@ -58,9 +59,6 @@ class SplitLearningStrategy(Strategy):
         """The nodes to train and evaluate: the admitted ones, or every node the grid knows."""
         return list(self.nodes) if self.nodes is not None else sorted(grid.get_node_ids())
 
-    def summary(self) -> None:
-        print(f"SplitLearningStrategy(fraction_train={self.fraction_train}, averages_encoders={self.averages_encoders})")
-
     def sample(self, server_round: int, node_ids: list[int]) -> list[int]:
         """A reproducible sample of ``ceil(fraction * n)`` nodes for this round."""
         count = max(1, math.ceil(self.fraction_train * len(node_ids)))
@@ -68,9 +66,9 @@ class SplitLearningStrategy(Strategy):
         return sorted(node_ids[i] for i in order[:count].tolist())
 
     # ------------------------------------------------------------------ train
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """First ``train.step`` message of the round for each sampled node."""
-        nodes = self.sample(server_round, self.eligible(grid))
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int]) -> Iterable[Message]:
+        """First ``train.step`` message of the round for each of the round's sampled ``nodes``
+        (:meth:`sample`, drawn once per round by the loop, which also refits CEM on them)."""
         content = {"config": config}
         if self.averages_encoders and len(arrays):
             content["encoder"] = arrays

@@ -160,13 +160,13 @@ class FederatedRun:
                 break
         return ready
 
-    def train_round(self, server_round: int) -> tuple[list[Message], dict[str, float]]:
-        """Serve the sampled clients' batches until each is done, failed or timed out."""
+    def train_round(self, server_round: int, sampled: list[int]) -> tuple[list[Message], dict[str, float]]:
+        """Serve the ``sampled`` clients' batches until each is done, failed or timed out."""
         cfg = self.cfg.federated
         config = ConfigRecord(
             {"round": server_round, "start": True, "first_epoch": (server_round - 1) * cfg.local_epochs, "epochs": cfg.local_epochs, "chunk": cfg.chunk}
         )
-        messages = list(self.strategy.configure_train(server_round, self.global_encoder, config, self.grid))
+        messages = list(self.strategy.configure_train(server_round, self.global_encoder, config, sampled))
         for msg in messages:
             msg.content["config"]["clients"] = len(messages)
         self.server.start_round(len(messages))
@@ -281,7 +281,7 @@ class FederatedRun:
                 first_epoch = (server_round - 1) * cfg.federated.local_epochs
                 if cfg.cem.federation == "global" and cfg.cem.refits_at(first_epoch):
                     self.refit_global_cem(server_round, sampled, first_epoch)
-                done, train_metrics = self.train_round(server_round)
+                done, train_metrics = self.train_round(server_round, sampled)
                 encoder, client_metrics = self.strategy.aggregate_train(server_round, done)
                 if encoder is not None:
                     self.global_encoder = encoder
