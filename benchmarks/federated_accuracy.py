@@ -80,12 +80,21 @@ def cifar10(
             "federated_local_test_accuracy_mean": federated["local_test_accuracy_mean"], "gap_to_centralized": central["test_accuracy"] - federated["test_accuracy_mean"],
             "centralized_seconds": central_s, "federated_seconds": federated_s,
         })
-    gaps = [cell["gap_to_centralized"] for cell in cells]
+        _write_cifar10(config, clients, fed_cfg, passes, federated_keys, both_keys, cells, partitioner, label)
+
+
+def _write_cifar10(
+    config: Path, clients: int, fed_cfg: Config, passes: int, federated_keys: dict[str, object], both_keys: dict[str, object],
+    cells: list[dict[str, object]], partitioner: str | None, label: str | None,
+) -> None:
+    """The seeds so far, their means and the gap's spread: written after every seed, so an
+    interrupted benchmark keeps what it finished."""
+    gaps = [float(cell["gap_to_centralized"]) for cell in cells]  # type: ignore[arg-type]
     out = {
         "config": str(config), "clients": clients, "passes": passes, "variant": fed_cfg.federated.variant,
         "partitioner": fed_cfg.partition.partitioner, "federated_keys": federated_keys, "keys": both_keys, "seeds": cells,
-        "centralized_test_accuracy": mean(c["centralized_test_accuracy"] for c in cells),
-        "federated_test_accuracy_mean": mean(c["federated_test_accuracy_mean"] for c in cells),
+        "centralized_test_accuracy": mean(float(c["centralized_test_accuracy"]) for c in cells),  # type: ignore[arg-type]
+        "federated_test_accuracy_mean": mean(float(c["federated_test_accuracy_mean"]) for c in cells),  # type: ignore[arg-type]
         "gap_to_centralized": mean(gaps), "gap_std": stdev(gaps) if len(gaps) > 1 else 0.0,
         "commit": git_commit(), "environment": environment(),
     }
