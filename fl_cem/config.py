@@ -531,9 +531,14 @@ class Config:
 
         ``run.resume``, ``run.device`` and ``run.output-dir`` do not change what a run computes,
         so a checkpoint stays valid across them (a sweep moved to a GPU, an absolute path).
+        The attacker's settings (``attack.*`` but the curious server's interception during
+        training) only act after training, and a key the checkpoint predates counts as its
+        default, which keeps what the older code computed: a run trained before an upgrade
+        resumes after it.
         """
-        mine = {k: v for k, v in self.to_flat().items() if k not in EXECUTION_KEYS}
-        return sorted(k for k in mine if mine[k] != other.get(k))
+        defaults = Config.defaults_flat()
+        mine = {k: v for k, v in self.to_flat().items() if k not in EXECUTION_KEYS and not _attack_only(k)}
+        return sorted(k for k in mine if mine[k] != other.get(k, defaults[k]))
 
     def cem_idle_reason(self, kind: str) -> str | None:
         """Why ``cem.lambda > 0`` would change nothing in a ``kind`` run, or ``None`` when L_C acts.
@@ -559,6 +564,14 @@ class Config:
     def replace(self, **flat: Any) -> Config:
         """A copy with some flat keys changed (``cfg.replace(**{"cem.lambda": 16.0})``)."""
         return Config.from_flat({**self.to_flat(), **flat})
+
+
+TRAINING_ATTACK_KEYS = ("attack.intercept", "attack.intercept-max")
+"""The ``attack.*`` keys that act during training: what the curious server records."""
+
+
+def _attack_only(key: str) -> bool:
+    return key.startswith("attack.") and key not in TRAINING_ATTACK_KEYS
 
 
 def field_docs() -> dict[str, str]:

@@ -96,3 +96,16 @@ def test_differences_ignore_where_a_run_executes() -> None:
     # Execute / Assert
     assert cfg.differences(other) == []
     assert cfg.differences({**other, "cem.lambda": 1.0}) == ["cem.lambda"]
+
+
+def test_a_checkpoint_from_before_an_upgrade_or_with_other_attack_settings_still_matches() -> None:
+    # Prepare: a checkpoint's config that predates one key and ran other attack settings
+    cfg = Config()
+    older = {k: v for k, v in cfg.to_flat().items() if k != "model.decoder-width"}
+    older["attack.epochs"] = 3
+    # Execute / Assert: neither changes what training computed; a training key and the
+    # interception the curious server records during training still do
+    assert cfg.differences(older) == []
+    assert cfg.differences({**older, "train.lr": 0.5}) == ["train.lr"]
+    assert cfg.differences({**older, "attack.intercept-max": 7}) == ["attack.intercept-max"]
+    assert cfg.differences({**older, "model.decoder-width": 0.5}) == ["model.decoder-width"]
