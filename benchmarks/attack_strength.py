@@ -11,7 +11,7 @@ Adam 0.005 constant, S.9; ``authors``: Adam 1e-3, weight decay 1e-4, cosine to 1
 authors' code), each for ``--epochs`` epochs on the same aux images and targets, with the
 attacker's 10 % validation share picking its best epoch. Reports MSE, the mean-image MSE of the
 targets, their ratio (lower leaks more) and seconds; the strongest combination should be the
-default (``fl_cem/config.py`` ``AttackConfig``).
+default (``fl_cem/config/attack.py`` ``AttackConfig``).
 
 Writes ``benchmarks/results/attack_strength.json``.
 """

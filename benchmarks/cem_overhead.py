@@ -33,7 +33,10 @@ import torch
 
 from fl_cem.config import Config
 from fl_cem.training.setup import build_client, build_model, build_server
-from fl_cem.training.step import ClientParts, ServerParts, train_step
+from fl_cem.training.client import Client
+from fl_cem.training.schedule import Position
+from fl_cem.training.server import Server
+from fl_cem.training.step import train_step
 
 INPUT = (3, 32, 32)
 CLASSES = 10
@@ -53,31 +56,29 @@ def synchronize(device: torch.device) -> None:
 
 def build(
     cfg: Config, images: torch.Tensor, labels: torch.Tensor, device: torch.device
-) -> tuple[ClientParts, ServerParts]:
+) -> tuple[Client, Server]:
     """Client and server from the same seed, with the mixture fitted on the images' features."""
     model = build_model(cfg, INPUT, CLASSES, (0.5,) * 3, (0.25,) * 3)
     client = build_client(cfg, model, CLASSES, len(images), device)
     server = build_server(cfg, model, device)
-    assert client.cem is not None
     with torch.no_grad():
         client.cem.refit(client.encoder(images), labels, torch.Generator().manual_seed(0))
     return client, server
 
 
 def time_step(
-    client: ClientParts, server: ServerParts, x: torch.Tensor, y: torch.Tensor, seed: int
+    client: Client, server: Server, x: torch.Tensor, y: torch.Tensor, seed: int
 ) -> tuple[float, float]:
     """Wall-clock and process CPU seconds of one ``train_step``."""
     synchronize(x.device)
     wall, cpu = time.perf_counter(), time.process_time()
-    train_step(client, server, x, y, seed=seed)
+    train_step(client, server, x, y, seed, Position(0))
     synchronize(x.device)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def time_loss(client: ClientParts, images: torch.Tensor, labels: torch.Tensor, repeats: int) -> float:
+def time_loss(client: Client, images: torch.Tensor, labels: torch.Tensor, repeats: int) -> float:
     """Median milliseconds of ``cem.loss`` forward + backward on one batch of features."""
-    assert client.cem is not None
     with torch.no_grad():
         z_hat = client.encoder(images)
     times = []

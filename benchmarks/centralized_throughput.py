@@ -26,6 +26,7 @@ from fl_cem.config import Config
 from fl_cem.data import BatchLoader, ImageSet
 from fl_cem.reporting.run_dir import atomic_write_bytes, environment
 from fl_cem.training.layout import place
+from fl_cem.training.schedule import Position
 from fl_cem.training.setup import build_client, build_model, build_server
 from fl_cem.training.step import evaluate, train_step
 
@@ -57,7 +58,7 @@ def measure(device: torch.device, steps: int, batch: int, memory_format: torch.m
     for i in range(steps + 2):
         sync(device)
         tick = time.perf_counter()
-        train_step(client, server, x, y, seed=i)
+        train_step(client, server, x, y, i, Position(0))
         sync(device)
         if i >= 2:  # the first steps allocate and tune kernels
             times.append(time.perf_counter() - tick)
@@ -66,7 +67,7 @@ def measure(device: torch.device, steps: int, batch: int, memory_format: torch.m
     batches = [(x, y)] * steps
     sync(device)
     tick = time.perf_counter()
-    evaluate(client.encoder, client.defense, server.decoder, iter(batches), cfg.noise.sigma, seed=0)
+    evaluate(client, server, batches, seed=0)
     sync(device)
     infer = batch * steps / (time.perf_counter() - tick)
 

@@ -293,11 +293,11 @@ def attack_run_dir(path: str, mode: str, aux_limit: int, settings: Settings, log
     aux = limit_aux(aux, aux_limit, cfg.run.seed)
     rows = []
     for victim in load_victims(run, cfg, None, device):
-        name = run.root.name if victim.client is None else f"{run.root.name}/{victim.name}"
+        name = run.root.name if victim.federated is None else f"{run.root.name}/{victim.name}"
         log(f"{name}: {mode} mode, {len(aux)} aux images, {len(targets)} targets, sigma {cfg.noise.sigma:g}")
         # two noise streams far apart in seed space: the attacker's draws never replay the targets' noise
         outcome = independent_attack(
-            victim.smash(cfg.noise.sigma, cfg.run.seed + 7_777), victim.smash(cfg.noise.sigma, cfg.run.seed + 3_333), aux, targets, settings, log
+            victim.smash(cfg.run.seed + 7_777), victim.smash(cfg.run.seed + 3_333), aux, targets, settings, log
         )
         ours = recorded_attack(results, mode, victim.name)
         ours_mse = float(ours["metrics"]["mse"]) if ours else math.nan

@@ -76,14 +76,14 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
             return {
                 "config": {"status": "done"},
                 "metrics": metric_record(metrics),
-                "encoder": to_record(client.parts.encoder.state_dict()),
+                "encoder": to_record(client.encoder_state()),
                 "state": pack_state(client.state()),
             }
         if client.sync_due:
             return {
                 "config": {"status": "sync", "average": client.averaging_due, "refit": client.global_refit_due, "epoch": client.cursor.epoch},
                 "metrics": metric_record({"num_examples": float(len(client.loader.indices))}),
-                "encoder": to_record(client.parts.encoder.state_dict()),
+                "encoder": to_record(client.encoder_state()),
             }
         z, y, epochs, sizes = client.next_chunk(int(config["chunk"]))
         batches = [b for _, b in client.cursor.pending]
@@ -92,7 +92,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
     @handler
     def evaluate_test(message: Message, client: SplitClient) -> dict[str, Any]:
         if "encoder" in message.content:
-            client.parts.encoder.load_state_dict(from_record(message.content["encoder"]))
+            client.load_encoder(from_record(message.content["encoder"]))
         seed = int(message.content["config"]["seed"])
         z, y = client.evaluate("test", seed)
         z_local, y_local = client.evaluate("local_test", seed)

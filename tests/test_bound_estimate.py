@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fl_cem.attacks.metrics import bound_fields
-from fl_cem.cem.bound import TWO_PI_E, gaussian_entropy, gaussian_entropy_full, mse_lower_bound, swap_entropy
+from fl_cem.cem.bound import TWO_PI_E, gaussian_entropy, gaussian_entropy_full, swap_entropy
 from fl_cem.cli import main
 from fl_cem.config import Config, DataConfig
 from fl_cem.data import ImageSet, SourceData, load_source, load_splits

@@ -62,8 +62,9 @@ def test_cem_changes_the_encoder_step_only(tiny: Callable[..., Config]) -> None:
     # Prepare: two identical split models, CEM on in one; one training step on the same batch
     import torch
 
+    from fl_cem.training.schedule import Position
     from fl_cem.training.setup import build_client, build_model, build_server
-    from fl_cem.training.step import smash, train_step
+    from fl_cem.training.step import train_step
 
     x, y = torch.rand(64, 1, 8, 8), torch.arange(64) % 10
     parts = []
@@ -72,10 +73,9 @@ def test_cem_changes_the_encoder_step_only(tiny: Callable[..., Config]) -> None:
         model = build_model(cfg, (1, 8, 8), 10, (0.5,), (0.25,))
         client = build_client(cfg, model, 10, 64, torch.device("cpu"))
         server = build_server(cfg, model, torch.device("cpu"))
-        assert client.cem is not None
-        client.cem.refit(smash(client.encoder, client.defense, x, 0.0, 0)[0].detach(), y, torch.Generator().manual_seed(0))
+        client.cem.refit(client.features([(x, y)])[0], y, torch.Generator().manual_seed(0))
         # Execute
-        metrics = train_step(client, server, x, y, seed=1)
+        metrics = train_step(client, server, x, y, 1, Position(0))
         parts.append((client, server, metrics))
     (off, off_server, off_metrics), (on, on_server, on_metrics) = parts
     # Assert: the decoder's step is the same; the encoder's differs by the CEM gradient
@@ -99,8 +99,8 @@ def test_only_the_paper_variant_applies_cem_in_the_first_epoch(tiny: Callable[..
     train_centralized(off, log=lambda _: None)
     with_cem = train_centralized(on, log=lambda _: None)
     # Assert: the official variant's first epoch is plain training (its mixture is fitted after it)
-    a = torch.load(RunDir.for_config(off).checkpoint_path, weights_only=True)["encoder"]
-    b = torch.load(RunDir.for_config(on).checkpoint_path, weights_only=True)["encoder"]
+    a = torch.load(RunDir.for_config(off).checkpoint_path, weights_only=True)["client"]["encoder"]
+    b = torch.load(RunDir.for_config(on).checkpoint_path, weights_only=True)["client"]["encoder"]
     same = all(torch.equal(a[key], b[key]) for key in a)
     assert same is not first_epoch_has_cem
     assert ("cem_loss" in with_cem["epochs"][0]) is first_epoch_has_cem
@@ -112,8 +112,8 @@ def test_official_cem_loss_ignores_the_dropout_mask(tiny: Callable[..., Config],
     # Prepare: a dropout client with a fitted mixture; two seeds draw two different masks
     import torch
 
+    from fl_cem.training.schedule import Position
     from fl_cem.training.setup import build_client, build_model
-    from fl_cem.training.step import client_forward, encoder_step, smashed_features
 
     cfg = tiny(**{"cem.lambda": 1.0, "cem.variant": variant, "defense.name": "dropout", "defense.dropout": 0.5, "noise.sigma": 0.1})
     x, y = torch.rand(64, 1, 8, 8), torch.arange(64) % 10
@@ -121,13 +121,12 @@ def test_official_cem_loss_ignores_the_dropout_mask(tiny: Callable[..., Config],
     for seed in (1, 2):
         model = build_model(cfg, (1, 8, 8), 10, (0.5,), (0.25,))  # the same weights both times
         client = build_client(cfg, model, 10, 64, torch.device("cpu"))
-        assert client.cem is not None
-        feats, labels = smashed_features(client.encoder, client.defense, iter([(x, y)]), cfg.cem.before_defense)
+        feats, labels = client.features([(x, y)], cfg.cem.before_defense)
         client.cem.refit(feats, labels, torch.Generator().manual_seed(0))
-        fwd = client_forward(client, x, seed)
-        assert not torch.equal(fwd.z_hat, client_forward(client, x, seed + 10).z_hat)  # the masks differ
+        fwd = client.forward(x, seed)
+        assert not torch.equal(fwd.z_hat, client.forward(x, seed + 10).z_hat)  # the masks differ
         # Execute
-        metrics = encoder_step(client, x, y, fwd, torch.zeros_like(fwd.z), lr=0.01)
+        metrics = client.step(x, y, fwd, torch.zeros_like(fwd.z), Position(0))
         losses.append(metrics["cem_loss"])
     # Assert: the official loss is computed on the encoder output, before the mask
     assert (not torch.equal(losses[0], losses[1])) is sees_the_mask

@@ -63,8 +63,9 @@ def test_distinct_rows_send_distinct_smashed_data_from_the_same_seed(first: str,
     # Prepare: the same model, data, seed and strengths; only the defense's name differs
     import torch
 
+    from fl_cem.training.schedule import Position
     from fl_cem.training.setup import build_client, build_model, build_server
-    from fl_cem.training.step import smash, train_step
+    from fl_cem.training.step import train_step
 
     x, y = torch.rand(32, 1, 8, 8), torch.arange(32) % 10
     sent = []
@@ -75,10 +76,8 @@ def test_distinct_rows_send_distinct_smashed_data_from_the_same_seed(first: str,
         server = build_server(cfg, model, torch.device("cpu"))
         # Execute: three training steps, then smash a batch
         for step in range(3):
-            train_step(client, server, x, y, seed=step)
-        client.encoder.eval()
-        client.defense.eval()
-        with torch.no_grad():
-            sent.append(smash(client.encoder, client.defense, x, cfg.noise.sigma, seed=99)[1])
+            train_step(client, server, x, y, step, Position(0))
+        with client.deployed():
+            sent.append(client.smash(x, seed=99))
     # Assert
     assert not torch.allclose(sent[0], sent[1])

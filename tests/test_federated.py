@@ -25,12 +25,12 @@ from .conftest import simulate
 def federated_weights(run: RunDir, partition: int = 0) -> dict[str, torch.Tensor]:
     state = torch.load(run.checkpoint_path, weights_only=True)
     client = from_bytes(bytes(state["client_states"][partition].numpy()))
-    return {**{f"e.{k}": v for k, v in client["encoder"].items()}, **{f"d.{k}": v for k, v in state["server"]["decoder"].items()}}
+    return {**{f"e.{k}": v for k, v in client["client"]["encoder"].items()}, **{f"d.{k}": v for k, v in state["server"]["shared"]["decoder"].items()}}
 
 
 def centralized_weights(run: RunDir) -> dict[str, torch.Tensor]:
     state = torch.load(run.checkpoint_path, weights_only=True)
-    return {**{f"e.{k}": v for k, v in state["encoder"].items()}, **{f"d.{k}": v for k, v in state["decoder"].items()}}
+    return {**{f"e.{k}": v for k, v in state["client"]["encoder"].items()}, **{f"d.{k}": v for k, v in state["server"]["decoder"].items()}}
 
 
 def test_two_clients_train_and_report_per_client_accuracy(tiny: Callable[..., Config]) -> None:

@@ -14,7 +14,8 @@ from fl_cem.data.partition import local_test_indices
 from fl_cem.federated.reference import run_reference
 from fl_cem.federated.server_logic import SplitServer
 from fl_cem.reporting.run_dir import RunDir
-from fl_cem.training.setup import batches_per_epoch, drops_last, lr_at
+from fl_cem.training.schedule import lr_at
+from fl_cem.training.setup import batches_per_epoch, drops_last
 
 from .conftest import simulate
 
@@ -60,7 +61,7 @@ def test_splitfed_v1_trains_a_decoder_copy_per_client_and_averages_them() -> Non
     # Prepare
     cfg = Config.from_flat({"federated.variant": "splitfed-v1", "attack.intercept": False, "run.device": "cpu"})
     server = SplitServer(cfg, (1, 8, 8), 10, torch.device("cpu"))
-    before = {k: v.clone() for k, v in server.parts.decoder.state_dict().items()}
+    before = {k: v.clone() for k, v in server.shared.decoder.state_dict().items()}
     z, y = torch.randn(16, 8, 2, 2), torch.arange(16) % 10
     # Execute
     server.serve(z, y, [16], [3], 0, 1, [0], 80)
@@ -68,17 +69,17 @@ def test_splitfed_v1_trains_a_decoder_copy_per_client_and_averages_them() -> Non
     first, second = (server.copies[c].decoder.state_dict() for c in (0, 1))
     key = next(k for k in before if k.endswith("weight"))
     # Assert: the shared decoder did not move while serving; after averaging it is the weighted mean
-    assert torch.equal(server.parts.decoder.state_dict()[key], before[key])
+    assert torch.equal(server.shared.decoder.state_dict()[key], before[key])
     expected = (first[key].double() * 1 + second[key].double() * 3) / 4
     server.average_decoders({0: 1.0, 1: 3.0})
-    torch.testing.assert_close(server.parts.decoder.state_dict()[key].double(), expected)
-    torch.testing.assert_close(server.copies[0].decoder.state_dict()[key], server.parts.decoder.state_dict()[key])
+    torch.testing.assert_close(server.shared.decoder.state_dict()[key].double(), expected)
+    torch.testing.assert_close(server.copies[0].decoder.state_dict()[key], server.shared.decoder.state_dict()[key])
     # a sync of client 1 alone (client 0 already done for the round) leaves client 0's copy as it was
     server.serve(z, y, [16], [3], 1, 1, [1], 80)
     kept = server.copies[0].decoder.state_dict()[key].clone()
     server.average_decoders({1: 1.0})
     assert torch.equal(server.copies[0].decoder.state_dict()[key], kept)
-    assert torch.equal(server.parts.decoder.state_dict()[key], server.copies[1].decoder.state_dict()[key])
+    assert torch.equal(server.shared.decoder.state_dict()[key], server.copies[1].decoder.state_dict()[key])
 
 
 def test_splitfed_keeps_one_set_of_decoder_statistics() -> None:

@@ -10,7 +10,7 @@ import torch
 from fl_cem.config import Config
 from fl_cem.training.layout import model_format
 from fl_cem.training.setup import build_client, build_model, build_server
-from fl_cem.training.step import decoder_step
+from fl_cem.training.schedule import Position
 
 CPU = torch.device("cpu")
 
@@ -22,7 +22,7 @@ def test_cpu_runs_channels_last_from_32_pixels_and_cuda_keeps_the_default() -> N
 
 
 @pytest.mark.parametrize(("arch", "cut"), [("vgg11", 2), ("resnet20", 1)])
-def test_decoder_step_does_not_depend_on_the_layout_smashed_data_arrives_in(arch: str, cut: int) -> None:
+def test_server_step_does_not_depend_on_the_layout_smashed_data_arrives_in(arch: str, cut: int) -> None:
     # Prepare: CIFAR-sized model on the CPU (channels-last), two copies of the server
     cfg = Config.from_flat({"model.arch": arch, "model.cut": cut, "run.device": "cpu"})
     model = build_model(cfg, (3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3)
@@ -32,8 +32,8 @@ def test_decoder_step_does_not_depend_on_the_layout_smashed_data_arrives_in(arch
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
     z = client.encoder(x).detach()
     # Execute: the encoder's own output, and the contiguous array a message delivers
-    grad, _ = decoder_step(server, z, y)
-    grad_wire, _ = decoder_step(other, z.contiguous(), y)
+    grad, _ = server.step(z, y, Position(0))
+    grad_wire, _ = other.step(z.contiguous(), y, Position(0))
     # Assert
     assert server.memory_format == torch.channels_last
     assert z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous()

@@ -193,3 +193,15 @@ def test_work_killed_before_it_logged_leaves_no_empty_event_file(tmp_path: Path)
     board.scalars("attack", {"loss": 1.0}, 1)
     board.close()
     assert any((tmp_path / "tb").iterdir())
+
+
+def test_a_checkpoint_in_an_older_layout_is_refused_with_what_to_do(tiny: Callable[..., Config]) -> None:
+    # Prepare: a finished run whose checkpoint is rewritten without its layout (fl-cem before Client/Server)
+    cfg = tiny(**{"train.epochs": 1})
+    train_centralized(cfg, log=lambda _: None)
+    run = RunDir.for_config(cfg)
+    state = torch.load(run.checkpoint_path, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "layout"}, run.checkpoint_path)
+    # Execute / Assert
+    with pytest.raises(RunFolderTaken, match="checkpoint in layout 1, written by an older fl-cem.*run.resume = false"):
+        train_centralized(cfg.replace(**{"train.epochs": 2}), log=lambda _: None)

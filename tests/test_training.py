@@ -15,7 +15,7 @@ from fl_cem.training.centralized import train_centralized
 
 def weights(run: RunDir) -> dict[str, torch.Tensor]:
     state = torch.load(run.checkpoint_path, weights_only=True)
-    return {**{f"e.{k}": v for k, v in state["encoder"].items()}, **{f"d.{k}": v for k, v in state["decoder"].items()}}
+    return {**{f"e.{k}": v for k, v in state["client"]["encoder"].items()}, **{f"d.{k}": v for k, v in state["server"]["decoder"].items()}}
 
 
 def test_tiny_run_learns_and_writes_its_outputs(tiny: Callable[..., Config]) -> None:

@@ -24,21 +24,21 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, limit_aux, make_attack, run_attack, split_images
 from fl_cem.attacks.metrics import bound_fields, save_comparison
 from fl_cem.cem.bound import gaussian_entropy, swap_entropy
 from fl_cem.config import Config
 from fl_cem.data import DataSplits, load_splits
-from fl_cem.defenses.base import Defense
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.wire import from_bytes
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import EpochProgress
-from fl_cem.reporting.run_dir import RunDir, failure_reason
+from fl_cem.reporting.run_dir import RunDir, failure_reason, refuse_other_kind
+from fl_cem.training.client import Client
 from fl_cem.training.setup import build_client, build_model, resolve_device
-from fl_cem.training.step import batch_seed, smash
+from fl_cem.training.step import batch_seed
 
 ATTACKER = -1
 """Client index of the attacker's noise stream: disjoint from every real client's batch seeds."""
@@ -46,22 +46,25 @@ ATTACKER = -1
 
 @dataclass
 class Victim:
-    """A client encoder as the white-box attacker sees it."""
+    """A client as the white-box attacker sees it: the :class:`Client` object that trained, loaded
+    from the run's checkpoint, and for a federated run the :class:`SplitClient` around it (its data order)."""
 
     name: str
-    encoder: nn.Module
-    defense: Defense
-    client: SplitClient | None
+    client: Client
+    federated: SplitClient | None
 
-    def smash(self, sigma: float, seed: int) -> Any:
-        """The client's own smashing function (:func:`fl_cem.training.step.smash`), deployed:
-        eval mode, a fresh noise draw per call from seeds the attacker picks (it knows the law)."""
-        self.encoder.eval().requires_grad_(False)
-        self.defense.eval().requires_grad_(False)
+    def smash(self, seed: int) -> Callable[[Tensor], Tensor]:
+        """The client's own forward pass (:meth:`Client.forward`), deployed: eval mode, frozen
+        weights, a fresh noise draw per call from seeds the attacker picks (it knows the law).
+
+        Gradients flow to the input (rMLE optimises images through it), not to the weights.
+        """
+        self.client.encoder.eval().requires_grad_(False)
+        self.client.defense.eval().requires_grad_(False)
         calls = itertools.count()
 
         def smash_batch(x: Tensor) -> Tensor:
-            return smash(self.encoder, self.defense, x, sigma, batch_seed(seed, 0, next(calls), ATTACKER))[1]
+            return self.client.forward(x, batch_seed(seed, 0, next(calls), ATTACKER)).z
 
         return smash_batch
 
@@ -71,14 +74,14 @@ def load_victims(run: RunDir, cfg: Config, client: int | None, device: torch.dev
     if not run.checkpoint_path.is_file():
         raise FileNotFoundError(f"{run.root} has no {run.checkpoint_path.name}: train the run before attacking it")
     state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
+    refuse_other_kind(run, state, None)
     if "client_states" not in state:
         if client is not None:
             raise ValueError(f"{run.root} is a centralized run; --client applies to federated runs only")
         splits = load_splits(cfg.data, cfg.run.seed)
-        parts = build_client(cfg, build_model(cfg, splits.shape, splits.num_classes, splits.mean, splits.std), splits.num_classes, len(splits.train), device)
-        parts.encoder.load_state_dict(state["encoder"])
-        parts.defense.load_state_dict(state["defense"])
-        return [Victim("centralized", parts.encoder, parts.defense, None)]
+        trained = build_client(cfg, build_model(cfg, splits.shape, splits.num_classes, splits.mean, splits.std), splits.num_classes, len(splits.train), device)
+        trained.load_state_dict(state["client"])
+        return [Victim("centralized", trained, None)]
     clients = sorted(int(pid) for pid in state["client_states"])
     if client is not None and client not in clients:
         raise ValueError(f"{run.root} has no state for client {client}; it holds clients {clients}")
@@ -87,26 +90,26 @@ def load_victims(run: RunDir, cfg: Config, client: int | None, device: torch.dev
     for pid in [client] if client is not None else clients:
         saved = from_bytes(bytes(state["client_states"][pid].numpy()))
         split_client = SplitClient(cfg, pid, int(count), device, saved)
-        victims.append(Victim(f"client {pid}", split_client.parts.encoder, split_client.parts.defense, split_client))
+        victims.append(Victim(f"client {pid}", split_client.client, split_client))
     return victims
 
 
 def wire_targets(run: RunDir, victim: Victim) -> tuple[Tensor, Tensor, Tensor] | None:
     """Recorded smashed data of the victim's last round, the images it came from, their indices."""
     path = run.root / "intercept" / "intercept.pt"
-    if victim.client is None or not path.is_file():
+    if victim.federated is None or not path.is_file():
         return None
     record = torch.load(path, map_location="cpu", weights_only=True)
     meta = record["meta"]
     if not len(meta):
         return None
     fields = {name: i for i, name in enumerate(record["fields"])}
-    mine = meta[:, fields["client"]] == victim.client.partition_id
+    mine = meta[:, fields["client"]] == victim.federated.partition_id
     if not bool(mine.any()):
         return None
     last = meta[mine, fields["round"]].max()
     rows = torch.nonzero(mine & (meta[:, fields["round"]] == last)).flatten()
-    loader = victim.client.loader
+    loader = victim.federated.loader
     images, indices = [], []
     for row in rows.tolist():
         epoch, batch, position = (int(meta[row, fields[k]]) for k in ("epoch", "batch", "position"))
@@ -145,9 +148,9 @@ def attack_run(
                 aux, targets = split_images(mode, train_images, test_images, cfg.run.seed, cfg.attack.holdout)
                 target_z, source = None, "smashed"
             aux = limit_aux(aux, cfg.attack.aux_limit, cfg.run.seed)
-            model = make_attack(cfg.attack, victim.smash(cfg.noise.sigma, cfg.run.seed), splits.shape, tuple(victim_shape(victim, splits.shape)), device, cfg.run.seed)
+            model = make_attack(cfg.attack, victim.smash(cfg.run.seed), splits.shape, victim.client.smashed_shape(splits.shape), device, cfg.run.seed)
             epochs = getattr(model, "epochs", 0)
-            tag = f"{attack}_{mode}" + (f"_client{victim.client.partition_id}" if victim.client else "")
+            tag = f"{attack}_{mode}" + (f"_client{victim.federated.partition_id}" if victim.federated else "")
             position = f" ({len(outcomes) + 1}/{len(victims)})" if len(victims) > 1 else ""
             bar = EpochProgress(epochs, f"{attack} {mode} {victim.name}{position}")
 
@@ -198,13 +201,6 @@ def attack_run(
     finally:
         board.close()
     return outcomes
-
-
-def victim_shape(victim: Victim, input_shape: tuple[int, int, int]) -> tuple[int, ...]:
-    """Shape of the smashed data the victim sends (without the batch dimension)."""
-    with torch.no_grad():
-        device = next(victim.encoder.parameters()).device
-        return tuple(victim.defense.transform(victim.encoder.eval()(torch.zeros(1, *input_shape, device=device))).shape[1:])
 
 
 def lower_bounds(results: dict[str, Any], splits: DataSplits) -> dict[str, float | None]:

@@ -33,17 +33,11 @@ from fl_cem.config import Config
 from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
 from fl_cem.data.partition import local_test_indices
 from fl_cem.federated.averaging import federated_momentum, set_norm_momentum
+from fl_cem.training.client import Client
 from fl_cem.training.layout import in_format
-from fl_cem.training.setup import build_client, build_model, lr_at, set_lr, train_loader
-from fl_cem.training.step import (
-    ClientParts,
-    batch_seed,
-    client_forward,
-    encoder_step,
-    frozen_batchnorm_stats,
-    smash,
-    smashed_features,
-)
+from fl_cem.training.schedule import Position
+from fl_cem.training.setup import build_client, build_model, train_loader
+from fl_cem.training.step import batch_seed, frozen_batchnorm_stats
 
 
 @dataclass
@@ -86,7 +80,7 @@ class Cursor:
 class Template:
     """Modules built once per (config, partition) in a process; state is loaded into them per message."""
 
-    parts: ClientParts
+    client: Client
     loader: BatchLoader
     local_test: Tensor
     """Positions into the test split with this client's label distribution."""
@@ -113,26 +107,16 @@ def _template(config_json: str, partition_id: int, num_partitions: int, device: 
     parts = partition_indices(splits.train.labels.cpu(), cfg.partition, num_partitions, cfg.run.seed)
     indices = parts[partition_id].sort().values
     model = build_model(cfg, splits.shape, splits.num_classes, splits.mean, splits.std)
-    client = build_client(cfg, model, splits.num_classes, len(indices), torch.device(device))
+    client = build_client(cfg, model, splits.num_classes, len(indices), torch.device(device), "federated")
     loader = train_loader(splits.train, cfg, splits.natural, torch.device(device), cfg.run.seed + 7919 * partition_id, indices)
     local_test = local_test_indices(splits.test.labels, splits.train.labels[indices.to(splits.train.labels.device)], splits.num_classes, cfg.run.seed, partition_id)
     template = Template(client, loader, local_test, {})
-    template.initial = copy.deepcopy(_dump_parts(client))
+    template.initial = copy.deepcopy(client.state_dict())
     return template
 
 
-def _dump_parts(parts: ClientParts) -> dict[str, Any]:
-    assert parts.cem is not None
-    return {
-        "encoder": parts.encoder.state_dict(),
-        "defense": parts.defense.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "cem": parts.cem.state_dict(),
-    }
-
-
 class SplitClient:
-    """One client for the duration of one message."""
+    """One federated client for the duration of one message: a :class:`Client`, its partition and its cursor."""
 
     def __init__(self, cfg: Config, partition_id: int, num_partitions: int, device: torch.device, state: dict[str, Any] | None) -> None:
         if not 0 <= partition_id < num_partitions:
@@ -144,23 +128,21 @@ class SplitClient:
         config_json = json.dumps(cfg.to_flat(), sort_keys=True)
         self.splits = _device_splits(config_json, str(device))
         template = _template(config_json, partition_id, num_partitions, str(device))
-        self.parts = template.parts
+        self.client = template.client
         self.loader = template.loader
         self.local_test = template.local_test
-        self.total_epochs = cfg.federated.rounds * cfg.federated.local_epochs
-        state = state or template.initial
-        self.parts.encoder.load_state_dict(state["encoder"])
-        self.parts.defense.load_state_dict(state["defense"])
-        self.parts.optimizer.load_state_dict(state["optimizer"])
-        assert self.parts.cem is not None
-        self.cem = self.parts.cem
-        self.cem.load_state_dict(state["cem"])
-        self.cursor = Cursor.from_dict(state["cursor"]) if "cursor" in state else Cursor()
-        set_norm_momentum(self.parts.encoder, federated_momentum(self.cursor.averaged))
+        self.client.load_state_dict(state["client"] if state else template.initial)
+        self.cem = self.client.cem
+        self.cursor = Cursor.from_dict(state["cursor"]) if state else Cursor()
+        set_norm_momentum(self.client.encoder, federated_momentum(self.cursor.averaged))
 
     def state(self) -> dict[str, Any]:
-        """Everything needed to continue: saved in ``context.state`` and in server checkpoints."""
-        return {**_dump_parts(self.parts), "cursor": self.cursor.to_dict()}
+        """Everything needed to continue: the client's one schema and the cursor (``context.state``, server checkpoints)."""
+        return {"client": self.client.state_dict(), "cursor": self.cursor.to_dict()}
+
+    def encoder_state(self) -> dict[str, Tensor]:
+        """The encoder's weights and batch-norm statistics, for the federation's average."""
+        return self.client.encoder.state_dict()
 
     # ------------------------------------------------------------------ queries
     def hello(self) -> dict[str, Any]:
@@ -179,7 +161,7 @@ class SplitClient:
         """Noise-free features of the whole local partition (CEM refits)."""
         data = self.splits.train.subset(self.loader.indices.cpu())
         loader = BatchLoader(data, self.cfg.train.eval_batch_size, self.device, shuffle=False)
-        return smashed_features(self.parts.encoder, self.parts.defense, iter(loader), self.cfg.cem.before_defense)
+        return self.client.features(iter(loader), self.cfg.cem.before_defense)
 
     def fittable_features(self) -> tuple[Tensor, Tensor]:
         """Local features of the classes this client holds at least ``k`` samples of.
@@ -215,15 +197,7 @@ class SplitClient:
         """Smashed data of a whole split (``test``, ``val`` or ``local_test``), noise on, as deployed (the server classifies it)."""
         data = self.splits.test.subset(self.local_test) if split == "local_test" else getattr(self.splits, split)
         loader = BatchLoader(data, self.cfg.train.eval_batch_size, self.device, shuffle=False)
-        was = self.parts.encoder.training, self.parts.defense.training
-        self.parts.encoder.eval()
-        self.parts.defense.eval()
-        try:
-            with torch.no_grad():
-                out = [(smash(self.parts.encoder, self.parts.defense, x, self.cfg.noise.sigma, seed + i)[1], y) for i, (x, y) in enumerate(loader)]
-        finally:
-            self.parts.encoder.train(was[0])
-            self.parts.defense.train(was[1])
+        out = list(self.client.smashed(loader, seed))
         return torch.cat([z for z, _ in out]), torch.cat([y for _, y in out])
 
     def cem_report(self, seed: int) -> dict[str, float]:
@@ -247,7 +221,7 @@ class SplitClient:
         what evaluation sees, so batch-norm statistics move at :func:`federated_momentum`)."""
         averaged = clients if self.cfg.federated.averages_encoders else 1
         self.cursor = Cursor(epoch=first_epoch, batch=0, end_epoch=first_epoch + epochs, averaged=averaged)
-        set_norm_momentum(self.parts.encoder, federated_momentum(averaged))
+        set_norm_momentum(self.client.encoder, federated_momentum(averaged))
 
     def apply_gradients(self, grads: Tensor) -> None:
         """Recompute the pending batches' forward passes and step with the server's gradients."""
@@ -256,13 +230,11 @@ class SplitClient:
             self.loader.set_epoch(epoch)
             x, y = self.loader.batch(batch)
             seed = batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id)
-            with frozen_batchnorm_stats(self.parts.encoder):
-                fwd = client_forward(self.parts, x, seed)
-            grad = in_format(grads[offset : offset + len(y)].to(fwd.z), self.parts.memory_format)
+            with frozen_batchnorm_stats(self.client.encoder):
+                fwd = self.client.forward(x, seed)
+            grad = in_format(grads[offset : offset + len(y)].to(fwd.z), self.client.memory_format)
             offset += len(y)
-            lr = self.cfg.federated.encoder_lr_scale * lr_at(self.cfg.train, epoch, self.total_epochs, batch, len(self.loader))
-            set_lr(self.parts.optimizer, lr)
-            metrics = encoder_step(self.parts, x, y, fwd, grad, lr)
+            metrics = self.client.step(x, y, fwd, grad, Position(epoch, batch, len(self.loader)))
             for key, value in metrics.items():
                 self.cursor.sums[key] = self.cursor.sums.get(key, 0.0) + float(value)
             self.cursor.steps += 1
@@ -303,7 +275,7 @@ class SplitClient:
 
     def load_encoder(self, state: dict[str, Tensor]) -> None:
         """Take the federation's average encoder (round start or a sync within the round)."""
-        self.parts.encoder.load_state_dict(state)
+        self.client.encoder.load_state_dict(state)
         self.cursor.since_sync = 0
 
     def next_chunk(self, chunk: int) -> tuple[Tensor, Tensor, list[int], list[int]]:
@@ -315,8 +287,7 @@ class SplitClient:
                 self._epoch_start(epoch)
             self.loader.set_epoch(epoch)
             x, y = self.loader.batch(batch)
-            with torch.no_grad():
-                z = client_forward(self.parts, x, batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id)).z
+            z = self.client.smash(x, batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id))
             zs.append(z)
             ys.append(y)
             epochs.append(epoch)
@@ -332,7 +303,7 @@ class SplitClient:
     def _epoch_start(self, epoch: int) -> None:
         """Local CEM refit at the start of an epoch (Algorithm 1, lines 4-5), as centralized does."""
         cfg = self.cfg.cem
-        if cfg.enabled and cfg.federation == "local" and epoch % cfg.refit_every == 0 and (epoch > 0 or cfg.fits_before_training):
+        if cfg.federation == "local" and cfg.refits_at(epoch):
             z, y = self.fittable_features()
             self.cem.refit(z, y, torch.Generator().manual_seed(self.cfg.run.seed + epoch))
 

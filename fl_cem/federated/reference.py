@@ -74,7 +74,7 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
         accuracy, local = {}, {}
         for client in clients:
             if average is not None:
-                client.parts.encoder.load_state_dict(average)
+                client.load_encoder(average)
             z, y = client.evaluate("test", cfg.run.seed + server_round)
             accuracy[client.partition_id] = server.classify(z, y, client.partition_id)["accuracy"]
             z, y = client.evaluate("local_test", cfg.run.seed + server_round)
@@ -100,7 +100,7 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
 def _average(clients: list[SplitClient], pids: list[int], server: SplitServer) -> dict[str, Tensor]:
     """SplitFed's FedAvg over ``pids``: the encoders (loaded back into them) and V1's decoder copies."""
     weights = {pid: float(len(clients[pid].loader.indices)) for pid in pids}
-    average = average_states([clients[pid].parts.encoder.state_dict() for pid in pids], [weights[pid] for pid in pids])
+    average = average_states([clients[pid].encoder_state() for pid in pids], [weights[pid] for pid in pids])
     for pid in pids:
         clients[pid].load_encoder(average)
     server.average_decoders(weights)

@@ -8,13 +8,13 @@ from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from fl_cem.config import Config
 from fl_cem.federated.averaging import average_states, federated_momentum, set_norm_momentum
 from fl_cem.federated.recorder import Interceptor
-from fl_cem.training.setup import build_model, build_server, lr_at, set_lr
-from fl_cem.training.step import ServerParts, decoder_step
+from fl_cem.training.schedule import Position
+from fl_cem.training.server import Server
+from fl_cem.training.setup import build_model, build_server
 
 
 class SplitServer:
@@ -22,7 +22,7 @@ class SplitServer:
 
     SplitFed V1 (``federated.variant = splitfed-v1``) trains a copy of the decoder (and its
     optimizer) per client and averages the copies whenever the encoders are averaged; the
-    shared ``parts`` then hold the average, which evaluation uses.
+    shared ``shared`` server then hold the average, which evaluation uses.
 
     With vanilla split learning the decoder keeps one set of
     batch-norm running statistics per client. Every training batch comes from one client, so
@@ -38,14 +38,13 @@ class SplitServer:
         channels = shape[0]
         # Normalisation lives in the encoder; the decoder's initial weights depend only on the seed.
         model = build_model(cfg, shape, num_classes, (0.0,) * channels, (1.0,) * channels)
-        self.parts: ServerParts = build_server(cfg, model, device)
+        self.shared: Server = build_server(cfg, model, device, "federated")
         self.smashed_shape = model.smashed_shape
-        self.total_epochs = cfg.federated.rounds * cfg.federated.local_epochs
         self.interceptor = Interceptor(cfg.attack.intercept_max if cfg.attack.intercept else 0, cfg.run.seed)
-        self.norms = [m for m in self.parts.decoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.norms = [m for m in self.shared.decoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.per_client_norms = cfg.federated.variant == "vanilla"
         self.per_client_decoders = cfg.federated.variant == "splitfed-v1"
-        self.copies: dict[int, ServerParts] = {}
+        self.copies: dict[int, Server] = {}
         self.averaged = 1
         """Clients whose decoder copies SplitFed V1 averages this round (their batch-norm momentum follows it)."""
         self.served: dict[int, int] = {}
@@ -56,12 +55,12 @@ class SplitServer:
     def _norm_buffers(self) -> list[Tensor]:
         return [b.clone() for m in self.norms for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
 
-    def parts_of(self, client: int) -> ServerParts:
+    def parts_of(self, client: int) -> Server:
         """The decoder that serves ``client``: its own copy in SplitFed V1 (made from the average), else the shared one."""
         if not self.per_client_decoders:
-            return self.parts
+            return self.shared
         if client not in self.copies:
-            self.copies[client] = copy.deepcopy(self.parts)
+            self.copies[client] = copy.deepcopy(self.shared)
             set_norm_momentum(self.copies[client].decoder, federated_momentum(self.averaged))
         return self.copies[client]
 
@@ -69,7 +68,7 @@ class SplitServer:
         """``clients`` train this round: SplitFed V1's copies keep batch-norm statistics at :func:`federated_momentum`."""
         self.averaged = clients
         for parts in self.copies.values():
-            parts.decoder.load_state_dict(self.parts.decoder.state_dict())  # every copy starts the round from the average
+            parts.decoder.load_state_dict(self.shared.decoder.state_dict())  # every copy starts the round from the average
             set_norm_momentum(parts.decoder, federated_momentum(clients))
 
     def average_decoders(self, weights: dict[int, float]) -> None:
@@ -78,7 +77,7 @@ class SplitServer:
         if not self.per_client_decoders or not clients:
             return
         average = average_states([self.copies[c].decoder.state_dict() for c in clients], [weights[c] for c in clients])
-        self.parts.decoder.load_state_dict(average)
+        self.shared.decoder.load_state_dict(average)
         for client in clients:  # a client already done this round keeps its copy for the round's average
             self.copies[client].decoder.load_state_dict(average)
 
@@ -115,49 +114,34 @@ class SplitServer:
             self.interceptor.offer(zb, yb, client, round_, epoch, batch)
             parts = self.parts_of(client)
             self.served[epoch] = self.served.get(epoch, 0) + 1
-            set_lr(parts.optimizer, lr_at(self.cfg.train, epoch, self.total_epochs, self.served[epoch] - 1, epoch_batches))
             with self.statistics_of(client):
-                grad, metrics = decoder_step(parts, zb, yb)
+                grad, metrics = parts.step(zb, yb, Position(epoch, self.served[epoch] - 1, epoch_batches))
             grads.append(grad)
             loss += float(metrics["loss"]) * size
             correct += int(metrics["correct"])
         return torch.cat(grads), {"loss_sum": loss, "correct": float(correct), "count": float(offset)}
 
-    @torch.no_grad()
     def classify(self, z: Tensor, labels: Tensor, client: int) -> dict[str, float]:
-        """Accuracy and loss of the decoder on one client's smashed evaluation data (its own statistics)."""
-        self.parts.decoder.eval()
-        try:
-            with self.statistics_of(client):
-                correct = 0
-                loss = 0.0
-                for start in range(0, len(z), self.cfg.train.eval_batch_size):
-                    zb = z[start : start + self.cfg.train.eval_batch_size].to(self.device)
-                    yb = labels[start : start + self.cfg.train.eval_batch_size].to(self.device)
-                    logits = self.parts.decoder(zb)
-                    loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-                    correct += int((logits.argmax(1) == yb).sum())
-        finally:
-            self.parts.decoder.train()
-        return {"accuracy": correct / max(len(z), 1), "loss": loss / max(len(z), 1)}
+        """Accuracy and loss of the decoder on one client's smashed evaluation data (its own statistics),
+        in the evaluation batches centralized training classifies in (:meth:`Server.classify`)."""
+        size = self.cfg.train.eval_batch_size
+        batches = ((z[i : i + size].to(self.device), labels[i : i + size].to(self.device)) for i in range(0, len(z), size))
+        with self.statistics_of(client):
+            return self.shared.classify(batches)
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "decoder": self.parts.decoder.state_dict(),
-            "optimizer": self.parts.optimizer.state_dict(),
+            "shared": self.shared.state_dict(),
             "interceptor": self.interceptor.state_dict(),
             "client_norms": {str(client): buffers for client, buffers in self.client_norms.items()},
             "served": {str(epoch): count for epoch, count in self.served.items()},
-            "copies": {str(c): {"decoder": p.decoder.state_dict(), "optimizer": p.optimizer.state_dict()} for c, p in self.copies.items()},
+            "copies": {str(c): p.state_dict() for c, p in self.copies.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.parts.decoder.load_state_dict(state["decoder"])
-        self.parts.optimizer.load_state_dict(state["optimizer"])
+        self.shared.load_state_dict(state["shared"])
         self.client_norms = {int(client): list(buffers) for client, buffers in state["client_norms"].items()}
         self.served = {int(epoch): int(count) for epoch, count in state["served"].items()}
         for client, saved in state["copies"].items():
-            parts = self.parts_of(int(client))
-            parts.decoder.load_state_dict(saved["decoder"])
-            parts.optimizer.load_state_dict(saved["optimizer"])
+            self.parts_of(int(client)).load_state_dict(saved)
         self.interceptor.load_state_dict(state["interceptor"])

@@ -34,8 +34,9 @@ from fl_cem.federated.server_logic import SplitServer
 from fl_cem.federated.wire import from_record, to_record
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line
-from fl_cem.reporting.run_dir import RunDir, RunFolderTaken, atomic_torch_save, environment, git_commit, refuse_other_kind
-from fl_cem.training.setup import batches_per_epoch, lr_at, resolve_device
+from fl_cem.reporting.run_dir import CHECKPOINT_LAYOUT, RunDir, RunFolderTaken, atomic_torch_save, environment, git_commit, refuse_other_kind
+from fl_cem.training.schedule import Position
+from fl_cem.training.setup import batches_per_epoch, resolve_device
 from strategies.split_strategy import SplitLearningStrategy
 
 
@@ -71,6 +72,7 @@ class FederatedRun:
         atomic_torch_save(
             {
                 "kind": "federated",
+                "layout": CHECKPOINT_LAYOUT,
                 "config": self.cfg.to_flat(),
                 "round": next_round,
                 "server": self.server.state_dict(),
@@ -297,7 +299,7 @@ class FederatedRun:
                 last_epoch = server_round * cfg.federated.local_epochs - 1
                 record = {
                     "round": server_round,
-                    "lr": lr_at(cfg.train, last_epoch, self.server.total_epochs),
+                    "lr": self.server.shared.schedule.lr(Position(last_epoch)),
                     "train_time_s": train_time,
                     "clients_trained": len(done),
                     **train_metrics,

@@ -118,13 +118,23 @@ class RunFolderTaken(ValueError):
     """A run folder holds a checkpoint this run must not resume; nothing in it is touched."""
 
 
-def refuse_other_kind(run: "RunDir", checkpoint: dict[str, Any], kind: str) -> None:
-    """Refuse to resume a checkpoint another entry point wrote (older ones are told apart by their keys)."""
+CHECKPOINT_LAYOUT = 2
+"""Version of the checkpoint dict: 2 stores each party as its ``state_dict`` (``Client``/``Server``)."""
+
+
+def refuse_other_kind(run: "RunDir", checkpoint: dict[str, Any], kind: str | None) -> None:
+    """Refuse a checkpoint another entry point wrote (``kind``; ``None`` accepts either) or an older layout."""
     theirs = checkpoint.get("kind") or ("federated" if "client_states" in checkpoint else "centralized")
-    if theirs != kind:
+    if kind is not None and theirs != kind:
         raise RunFolderTaken(
             f"{run.root} holds a {theirs} run's checkpoint, and this is a {kind} run; "
             "choose another run.name, or set run.resume = false to start over there"
+        )
+    layout = checkpoint.get("layout", 1)
+    if layout != CHECKPOINT_LAYOUT:
+        raise RunFolderTaken(
+            f"{run.root} holds a checkpoint in layout {layout}, written by an older fl-cem (this one reads layout "
+            f"{CHECKPOINT_LAYOUT}); retrain it (run.resume = false) or use the fl-cem version that wrote it"
         )
 
 

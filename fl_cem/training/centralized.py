@@ -18,9 +18,12 @@ from fl_cem.data import BatchLoader, DataSplits, load_splits
 from fl_cem.models.split import complexity
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line, progress
-from fl_cem.reporting.run_dir import RunDir, RunFolderTaken, atomic_torch_save, environment, git_commit, refuse_other_kind
-from fl_cem.training.setup import build_client, build_model, build_server, lr_at, resolve_device, set_lr, train_loader
-from fl_cem.training.step import ClientParts, batch_seed, evaluate, smashed_features, train_step
+from fl_cem.reporting.run_dir import CHECKPOINT_LAYOUT, RunDir, RunFolderTaken, atomic_torch_save, environment, git_commit, refuse_other_kind
+from fl_cem.training.client import Client
+from fl_cem.training.schedule import Position
+from fl_cem.training.server import Server
+from fl_cem.training.setup import build_client, build_model, build_server, resolve_device, train_loader
+from fl_cem.training.step import batch_seed, evaluate, train_step
 
 EpochHook = Callable[[int, dict[str, Any]], None]
 
@@ -30,16 +33,15 @@ def eval_loader(data: Any, cfg: Config, device: torch.device) -> BatchLoader:
     return BatchLoader(data, cfg.train.eval_batch_size, device, shuffle=False)
 
 
-def measure_cem(client: ClientParts, cfg: Config, splits: DataSplits, device: torch.device, refit: bool, seed: int) -> dict[str, float]:
+def measure_cem(client: Client, cfg: Config, splits: DataSplits, device: torch.device, refit: bool, seed: int) -> dict[str, float]:
     """Refit the mixture on the whole training split (when asked) and report the bound.
 
     With ``cem.lambda = 0`` this is pure measurement, done after the epoch so the training
     step itself pays nothing; with ``lambda > 0`` the same refit is the next epoch's mixture
     (Algorithm 1, lines 4-5), so it is computed once.
     """
-    assert client.cem is not None
     if refit:
-        feats, labels = smashed_features(client.encoder, client.defense, iter(eval_loader(splits.train, cfg, device)), cfg.cem.before_defense)
+        feats, labels = client.features(iter(eval_loader(splits.train, cfg, device)), cfg.cem.before_defense)
         client.cem.refit(feats, labels, torch.Generator().manual_seed(seed))
     return client.cem.report(math.prod(splits.shape), splits.pixel_var, splits.pixel_entropy)
 
@@ -79,7 +81,6 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
         **{k: v for k, v in run.read_results().items() if k == "attacks"},
     }
     run.write_results(results)
-    assert client.cem is not None
     board = Board(run.tb_dir)
     began = time.perf_counter()
     try:
@@ -90,16 +91,13 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
             tick = time.perf_counter()
             sums: dict[str, torch.Tensor] = {}
             for i, (x, y) in enumerate(progress(batches, f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches))):
-                lr = lr_at(cfg.train, epoch, cfg.train.epochs, i, len(batches))
-                set_lr(client.optimizer, lr)
-                set_lr(server.optimizer, lr)
-                metrics = train_step(client, server, x, y, batch_seed(cfg.run.seed, epoch, i))
+                metrics = train_step(client, server, x, y, batch_seed(cfg.run.seed, epoch, i), Position(epoch, i, len(batches)))
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0) + value.detach().double()
             train_time = time.perf_counter() - tick
-            record = {"epoch": epoch + 1, "lr": lr_at(cfg.train, epoch, cfg.train.epochs, len(batches) - 1, len(batches)), "train_time_s": train_time, **epoch_train_metrics(sums, len(batches))}
-            record["val"] = evaluate(client.encoder, client.defense, server.decoder, iter(eval_loader(splits.val, cfg, device)), cfg.noise.sigma, cfg.run.seed)
-            record["test"] = evaluate(client.encoder, client.defense, server.decoder, iter(eval_loader(splits.test, cfg, device)), cfg.noise.sigma, cfg.run.seed)
+            record = {"epoch": epoch + 1, "lr": client.schedule.lr(Position(epoch, len(batches) - 1, len(batches))), "train_time_s": train_time, **epoch_train_metrics(sums, len(batches))}
+            record["val"] = evaluate(client, server, eval_loader(splits.val, cfg, device), cfg.run.seed)
+            record["test"] = evaluate(client, server, eval_loader(splits.test, cfg, device), cfg.run.seed)
             refit = not cfg.cem.enabled or cfg.cem.refits_at(epoch + 1)
             record["cem"] = measure_cem(client, cfg, splits, device, refit, cfg.run.seed + epoch + 1)
             history.append(record)
@@ -150,34 +148,30 @@ def final_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def log_epoch(board: Board, record: dict[str, Any], client: ClientParts, splits: DataSplits, device: torch.device) -> None:
+def log_epoch(board: Board, record: dict[str, Any], client: Client, splits: DataSplits, device: torch.device) -> None:
     """Scalars for every figure of the epoch and an image grid of inputs and smashed channels."""
     step = record["epoch"]
     board.scalars("train", {k: v for k, v in record.items() if isinstance(v, float)}, step)
     for section in ("val", "test", "cem"):
         board.scalars(section, record[section], step)
     x = splits.test.images[:16].to(device).float() / 255
-    z, _ = smashed_features(client.encoder, client.defense, iter([(x, torch.zeros(len(x)))]))
+    z, _ = client.features([(x, torch.zeros(len(x)))])
     channel = z[:, :1]
     channel = (channel - channel.amin()) / (channel.amax() - channel.amin() + 1e-8)
     board.images("inputs", x, step)
     board.images("smashed_channel0", channel, step)
 
 
-def save_checkpoint(run: RunDir, cfg: Config, next_epoch: int, client: ClientParts, server: Any, history: list[dict[str, Any]]) -> None:
-    """Everything needed to continue exactly: weights, optimizers, CEM statistics, RNG, history."""
-    assert client.cem is not None
+def save_checkpoint(run: RunDir, cfg: Config, next_epoch: int, client: Client, server: Server, history: list[dict[str, Any]]) -> None:
+    """Everything needed to continue exactly: both parties' states (their one schema), RNG, history."""
     atomic_torch_save(
         {
             "kind": "centralized",
+            "layout": CHECKPOINT_LAYOUT,
             "config": cfg.to_flat(),
             "epoch": next_epoch,
-            "encoder": client.encoder.state_dict(),
-            "defense": client.defense.state_dict(),
-            "client_optimizer": client.optimizer.state_dict(),
-            "cem": client.cem.state_dict(),
-            "decoder": server.decoder.state_dict(),
-            "server_optimizer": server.optimizer.state_dict(),
+            "client": client.state_dict(),
+            "server": server.state_dict(),
             "rng": torch.get_rng_state(),
             "history": history,
         },
@@ -185,7 +179,7 @@ def save_checkpoint(run: RunDir, cfg: Config, next_epoch: int, client: ClientPar
     )
 
 
-def load_checkpoint(run: RunDir, cfg: Config, client: ClientParts, server: Any) -> tuple[int, list[dict[str, Any]]]:
+def load_checkpoint(run: RunDir, cfg: Config, client: Client, server: Server) -> tuple[int, list[dict[str, Any]]]:
     """Restore a checkpoint written by :func:`save_checkpoint`; refuses one from another config."""
     state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
     refuse_other_kind(run, state, "centralized")
@@ -195,12 +189,7 @@ def load_checkpoint(run: RunDir, cfg: Config, client: ClientParts, server: Any) 
             f"{run.root} holds a checkpoint of a different config (keys differ: {', '.join(changed)}); "
             "choose another run.name or set run.resume = false to start over"
         )
-    assert client.cem is not None
-    client.encoder.load_state_dict(state["encoder"])
-    client.defense.load_state_dict(state["defense"])
-    client.optimizer.load_state_dict(state["client_optimizer"])
-    client.cem.load_state_dict(state["cem"])
-    server.decoder.load_state_dict(state["decoder"])
-    server.optimizer.load_state_dict(state["server_optimizer"])
+    client.load_state_dict(state["client"])
+    server.load_state_dict(state["server"])
     torch.set_rng_state(state["rng"])
     return int(state["epoch"]), list(state["history"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -13,8 +11,10 @@ from fl_cem.data import BatchLoader, ImageSet
 from fl_cem.defenses.base import Shapes
 from fl_cem.registry import get_defense
 from fl_cem.models.split import SplitModel, build_split_model
+from fl_cem.training.client import Client
 from fl_cem.training.layout import model_format, place
-from fl_cem.training.step import ClientParts, ServerParts
+from fl_cem.training.schedule import Schedule
+from fl_cem.training.server import Server
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,36 +40,6 @@ def sgd(params: list[nn.Parameter] | object, cfg: TrainConfig) -> torch.optim.SG
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)  # type: ignore[arg-type]
 
 
-AUTHORS_MILESTONES = (60 / 240, 120 / 240, 180 / 240, 210 / 240)
-"""``train.schedule = "multistep"``: the CEM authors' MultiStep milestones, epochs 60, 120, 180 and
-210 of 240 (``model_training_paral_pruning.py`` lines 516 and 528-533), as fractions of the run so
-a shorter run keeps their shape."""
-AUTHORS_GAMMA = 0.2
-
-
-def lr_at(cfg: TrainConfig, epoch: int, total_epochs: int, batch: int = 0, batches: int = 1) -> float:
-    """Learning rate of step ``batch`` of ``batches`` in ``epoch`` (0-based): a pure function, resume-safe.
-
-    The decay (``train.schedule``) moves once per epoch; the linear warm-up over the first
-    ``train.warmup-epochs`` moves every step, as in the authors' code (one epoch), because SGD
-    at full rate on a fresh batch-norm net overshoots: the first epoch's loss ends above
-    ln(classes) without it (docs/FEDERATED.md).
-    """
-    progress = epoch / total_epochs
-    if cfg.schedule == "cosine":
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    elif cfg.schedule == "step":
-        lr = cfg.lr * (0.1 ** sum(progress >= m for m in (0.5, 0.75)))
-    elif cfg.schedule == "multistep":
-        lr = cfg.lr * (AUTHORS_GAMMA ** sum(progress >= m for m in AUTHORS_MILESTONES))
-    else:
-        lr = cfg.lr
-    position = epoch + (batch + 1) / batches
-    if position < cfg.warmup_epochs:
-        lr *= position / cfg.warmup_epochs
-    return lr
-
-
 def batches_per_epoch(num_samples: int, batch_size: int) -> int:
     """Training batches of a partition of ``num_samples``: see :func:`drops_last`."""
     full, rest = divmod(num_samples, batch_size)
@@ -87,11 +57,6 @@ def drops_last(num_samples: int, batch_size: int) -> bool:
     accuracy (docs/FEDERATED.md).
     """
     return num_samples >= batch_size and 0 < num_samples % batch_size < batch_size / 2
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 def train_loader(data: ImageSet, cfg: Config, natural: bool, device: torch.device, seed: int, indices: Tensor | None = None) -> BatchLoader:
@@ -113,18 +78,29 @@ def train_loader(data: ImageSet, cfg: Config, natural: bool, device: torch.devic
     )
 
 
-def build_client(cfg: Config, model: SplitModel, num_classes: int, dataset_size: int, device: torch.device) -> ClientParts:
-    """Encoder (possibly reshaped by the defense), defense, optimizer and CEM statistics."""
+def schedule_of(cfg: Config, kind: str, party: str) -> Schedule:
+    """The learning-rate schedule of ``party`` (``client`` or ``server``) in a ``kind`` run.
+
+    A federated client's rate is scaled by ``federated.encoder-lr-scale``: each encoder takes one
+    step per own batch while the shared decoder takes one per batch of every client
+    (docs/FEDERATED.md).
+    """
+    scale = cfg.federated.encoder_lr_scale if kind == "federated" and party == "client" else 1.0
+    return Schedule(cfg.train, cfg.total_epochs(kind), scale)
+
+
+def build_client(cfg: Config, model: SplitModel, num_classes: int, dataset_size: int, device: torch.device, kind: str = "centralized") -> Client:
+    """Encoder (possibly reshaped by the defense), defense, optimizer, CEM statistics and schedule."""
     defense = get_defense(cfg.defense.name)(cfg, Shapes(model.input_shape, model.smashed_shape))
     memory_format = model_format(device, model.input_shape)
     encoder = place(defense.wrap_encoder(model.encoder), device, memory_format)
     defense.to(device)
     cem = ConditionalEntropy(cfg.cem, cfg.noise.sigma, num_classes, dataset_size)
-    return ClientParts(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, memory_format, cem)
+    return Client(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, memory_format, cem, schedule_of(cfg, kind, "client"))
 
 
-def build_server(cfg: Config, model: SplitModel, device: torch.device) -> ServerParts:
-    """The shared decoder and its optimizer."""
+def build_server(cfg: Config, model: SplitModel, device: torch.device, kind: str = "centralized") -> Server:
+    """The shared decoder, its optimizer and schedule."""
     memory_format = model_format(device, model.input_shape)
     decoder = place(model.decoder, device, memory_format)
-    return ServerParts(decoder, sgd(decoder.parameters(), cfg.train), memory_format)
+    return Server(decoder, sgd(decoder.parameters(), cfg.train), memory_format, schedule_of(cfg, kind, "server"))

@@ -1,0 +1,69 @@
+"""The ``cem.*`` section: the conditional-entropy loss, its mixture and its refit schedule (docs/CEM.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fl_cem.config.checks import config_key, non_negative, one_of, positive
+
+COVARIANCES = ("full", "diag", "isotropic")
+CEM_VARIANTS = ("paper", "official")
+CEM_FEDERATION = ("local", "global")
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    lam: float = field(default=0.0, metadata=config_key("lambda"))
+    """Weight of the conditional-entropy loss L_C (paper: 16); 0 turns CEM off at no cost."""
+    clusters_per_class: int = 3
+    """Gaussian-mixture components per class (paper: k = 3n in total)."""
+    covariance: str = "diag"
+    """Covariance model of each component: ``full``, ``diag`` or ``isotropic``."""
+    variant: str = "paper"
+    """``paper`` (Eq. 5-7 as written) or ``official`` (the authors' public code)."""
+    refit_every: int = 1
+    """Refit the mixture (k-means++) every this many epochs."""
+    federation: str = "global"
+    """Federated runs: clients use their ``local`` statistics or the server's ``global`` merge."""
+    kmeans_iters: int = 10
+    """Lloyd iterations per refit."""
+
+    def __post_init__(self) -> None:
+        non_negative("cem.lambda", self.lam)
+        positive("cem.clusters-per-class", self.clusters_per_class)
+        one_of("cem.covariance", self.covariance, COVARIANCES)
+        one_of("cem.variant", self.variant, CEM_VARIANTS)
+        positive("cem.refit-every", self.refit_every)
+        one_of("cem.federation", self.federation, CEM_FEDERATION)
+        positive("cem.kmeans-iters", self.kmeans_iters)
+
+    @property
+    def enabled(self) -> bool:
+        return self.lam > 0
+
+    @property
+    def fits_before_training(self) -> bool:
+        """Whether the first mixture is fitted on the untrained encoder, so L_C acts from step one.
+
+        The paper fits at the start of every epoch (Alg. 1); the authors' code fits at the end
+        of each, so its first epoch trains without L_C and the mixture never describes random
+        features (docs/CEM.md).
+        """
+        return self.variant == "paper"
+
+    @property
+    def before_defense(self) -> bool:
+        """Whether the mixture and ``L_C`` see the encoder's output before the defense's dropout or
+        top-k (official: the authors compute the loss on the clean encoder output, ahead of noise,
+        dropout and pruning, ``model_training_paral_pruning.py`` lines 1037-1099) or the
+        transformed features ``z_hat`` (paper: Eq. 3's deterministic map x -> z_hat)."""
+        return self.variant == "official"
+
+    def refits_at(self, epoch: int) -> bool:
+        """Whether the mixture is refitted before training epoch ``epoch`` (0-based).
+
+        The one schedule of every path (centralized, a federated client's local fit, the
+        server's global fit, also mid-round): Algorithm 1 refits at each epoch start, thinned to
+        every ``refit-every`` epochs; the first epoch only when :attr:`fits_before_training`.
+        """
+        return self.enabled and epoch % self.refit_every == 0 and (epoch > 0 or self.fits_before_training)

@@ -1,0 +1,65 @@
+"""The ``federated.*`` section: the split-learning variant, rounds, synchronisation and serving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fl_cem.config.checks import fraction, one_of, positive
+
+VARIANTS = ("splitfed-v2", "splitfed-v1", "vanilla")
+SERVE_ORDERS = ("lockstep", "arrival")
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    rounds: int = 8
+    """Federated rounds."""
+    local_epochs: int = 2
+    """Passes over its partition a sampled client makes per round."""
+    fraction_train: float = 1.0
+    """Share of clients sampled each round."""
+    min_clients: int = 1
+    """Fail the run when fewer clients than this are left in a round."""
+    variant: str = "splitfed-v2"
+    """``splitfed-v2``: one shared decoder, encoders averaged (Thapa et al., AAAI 2022; the
+    authors' ``V2_epoch``); ``splitfed-v1``: a decoder copy per client, averaged with the
+    encoders (FedAvg of the whole model); ``vanilla``: each client keeps its own encoder and
+    the shared decoder serves N feature spaces (docs/FEDERATED.md)."""
+    sync_every: str = "epoch"
+    """When SplitFed averages: ``round``, ``epoch`` (every local epoch, as the authors' code
+    does) or a number of local batches such as ``8``; vanilla never averages."""
+    encoder_lr_scale: float = 1.0
+    """The clients' encoder learning rate is ``train.lr`` times this. Averaging N encoders after
+    every batch makes one step on the mean gradient of N batches where centralized training
+    takes N steps; the linear scaling rule (Goyal et al. 2017) sets this to N with
+    ``sync-every = 1`` (docs/FEDERATED.md)."""
+    chunk: int = 1
+    """Batches per message; 1 is exact split learning, more trades exactness for speed."""
+    client_timeout: float = 600.0
+    """Seconds the server waits for a client reply before leaving it out of the round."""
+    order: str = "lockstep"
+    """``lockstep``: serve each step's replies in partition order (reproducible, resume-exact);
+    ``arrival``: serve each reply the moment it arrives (order, and so results, vary by timing)."""
+
+    @property
+    def averages_encoders(self) -> bool:
+        return self.variant != "vanilla"
+
+    def sync_period(self, batches_per_epoch: int) -> int:
+        """Local batches between two averages within a round; 0 = only at the round's end."""
+        if not self.averages_encoders or self.sync_every == "round":
+            return 0
+        return batches_per_epoch if self.sync_every == "epoch" else int(self.sync_every)
+
+    def __post_init__(self) -> None:
+        positive("federated.rounds", self.rounds)
+        positive("federated.local-epochs", self.local_epochs)
+        fraction("federated.fraction-train", self.fraction_train)
+        positive("federated.min-clients", self.min_clients)
+        one_of("federated.variant", self.variant, VARIANTS)
+        if not (self.sync_every in ("round", "epoch") or (self.sync_every.isdigit() and int(self.sync_every) > 0)):
+            raise ValueError(f"federated.sync-every must be 'round', 'epoch' or a positive number of batches; got {self.sync_every!r}")
+        positive("federated.encoder-lr-scale", self.encoder_lr_scale)
+        positive("federated.chunk", self.chunk)
+        positive("federated.client-timeout", self.client_timeout)
+        one_of("federated.order", self.order, SERVE_ORDERS)
