@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,67 @@ def test_sweep_refuses_a_cell_where_cem_cannot_act_before_training_anything(tmp_
     with pytest.raises(ValueError, match="CEM cannot act.*never acts: the official variant fits its first mixture after epoch 1"):
         run_sweep(spec, log=lambda line: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_archived_cell_is_restored_instead_of_trained_and_a_stale_copy_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    accept_every_attack(monkeypatch)
+    # Prepare: a one-cell sweep that archives its finished cell, then loses its run folder
+    archive = tmp_path / "committed"
+    text = f'attacks = [{{ attack = "decoder", mode = "train", "attack.epochs" = 1 }}]\n[sweep]\narchive = "{archive}"\n' + TINY_BASE
+    spec = load_sweep(write_sweep(tmp_path, text), output_dir=tmp_path / "runs")
+    run_sweep(spec, log=lambda line: None)
+    archived = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file())
+    trained = json.loads((spec.root / "centralized" / "results.json").read_text())
+    shutil.rmtree(spec.root)
+    calls: list[str] = []
+    monkeypatch.setattr(sweep_module, "train_centralized", lambda *a, **k: calls.append("train"))
+    monkeypatch.setattr(sweep_module, "attack_run", lambda *a, **k: calls.append("attack") or [])
+
+    # Execute
+    lines: list[str] = []
+    summary = run_sweep(spec, log=lines.append)
+    report = write_report(spec.root)
+
+    # Assert: restored from the archive, nothing trained or attacked, the report reads it
+    assert archived == ["centralized/attacks/decoder_train.png", "centralized/config.toml", "centralized/results.json"]
+    assert (summary.ran, summary.skipped, calls) == (0, 1, [])
+    assert any("restored from" in line for line in lines)
+    (row,) = report["rows"]
+    assert row["mean"]["decoder_train_mse"] == pytest.approx(trained["attacks"][0]["metrics"]["mse"])
+    assert report["cells"][0]["grids"]["decoder_train"].endswith("decoder_train.png")
+
+    # Execute: the sweep file changes a training key, so the archived copy is stale
+    shutil.rmtree(spec.root)
+    changed = load_sweep(write_sweep(tmp_path, text.replace('"train.batch-size" = 32', '"train.batch-size" = 16')), output_dir=tmp_path / "runs")
+    summary = run_sweep(changed, log=lambda line: None)
+
+    # Assert: the cell trains again rather than report another config's results
+    assert calls == ["train"] and summary.skipped == 0
+
+
+def test_federated_attacks_run_only_on_the_named_victims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a trained three-client cell (its results only) and attacks naming client 1
+    path = write_sweep(tmp_path, 'attacks = [{ attack = "decoder", mode = ["train", "infer"], victims = [1] }]\n' + TINY_BASE)
+    spec = load_sweep(path, output_dir=tmp_path / "runs")
+    (cell,) = spec.cells()
+    folder = spec.root / cell.name
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"kind": "federated", "clients": 3, "final": {"test_accuracy": 0.5}, "attacks": []}))
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_attack(run: str, attack: str, mode: str, client: int | None, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+        calls.append((attack, mode, client))
+        return []
+
+    monkeypatch.setattr(sweep_module, "attack_run", fake_attack)
+
+    # Execute
+    status = sweep_module.run_cell(cell, spec.root, spec.attacks, log=lambda line: None)
+
+    # Assert: one attack per mode, on client 1 only; recorded for client 1 it is complete
+    assert status["status"] == "done"
+    assert calls == [("decoder", "train", 1), ("decoder", "infer", 1)]
+    results = {"kind": "federated", "clients": 3, "attacks": [{"attack": "decoder", "mode": "train", "victim": "client 1", "status": "finished"}]}
+    assert [a.mode for a in sweep_module.missing_attacks(results, spec.attacks)] == ["infer"]
+    with pytest.raises(ValueError, match="victims must be a list of client partition ids"):
+        load_sweep(write_sweep(tmp_path, 'attacks = [{ attack = "decoder", victims = ["a"] }]\n' + TINY_BASE, "bad.toml"))

@@ -10,6 +10,7 @@ seeds, run centrally and federated (paper Table 1, Fig. 3, Fig. 4). Layout::
     [sweep]                      # optional
     name = "cpu_smoke"           # default: the file's stem; cells run in <output-dir>/<name>/<cell>/
     output-dir = "runs"
+    archive = "benchmarks/results/cpu_smoke/cells"   # optional: finished cells kept there
 
     [base]                       # config keys of every cell: dotted keys or nested tables
     "data.source" = "digits"
@@ -22,6 +23,12 @@ seeds, run centrally and federated (paper Table 1, Fig. 3, Fig. 4). Layout::
     ]
     "run.seed" = [0, 1]
 
+``archive`` (relative to the working directory, as ``output-dir``) is where a sweep that spans
+sessions keeps its evidence: each finished cell's ``results.json``, ``config.toml`` and attack
+grids are copied there, and a cell whose run folder is missing but whose archived copy is
+finished with the same config is restored from it instead of trained again. Run folders
+(checkpoints, TensorBoard logs) are large and local; the archive is small enough to commit.
+
 Top-level arrays must come before the first ``[table]`` (TOML puts later keys inside that
 table); ``[[execution]]``, ``[[attacks]]`` and ``[[exclude]]`` tables work anywhere.
 
@@ -32,8 +39,10 @@ table); ``[[execution]]``, ``[[attacks]]`` and ``[[exclude]]`` tables work anywh
   ``[base]`` and the grid (a federated client takes fewer steps per epoch, so step counts such
   as ``defense.prune-step`` may need its own value). Default: centralized.
 - ``attacks``: tables with ``attack``, optional ``mode`` (a string or a list; default both
-  ``train`` and ``infer``, Sec. 5.1 "Threat model") and ``attack.*`` overrides. Default: decoder
-  and GAN, train and infer (the four MSE columns of Table 1).
+  ``train`` and ``infer``, Sec. 5.1 "Threat model"), optional ``victims`` (the partition ids of a
+  federated cell's clients to attack; default every client: each costs a whole attack) and
+  ``attack.*`` overrides. Default: decoder and GAN, train and infer (the four MSE columns of
+  Table 1).
 - ``exclude``: tables of ``key = value`` (config keys, or axis names matched on labels); a cell
   matching every entry of one table is left out.
 
@@ -71,11 +80,13 @@ class Execution:
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One inversion attack to run on every cell: attack name, attacker's data, config overrides."""
+    """One inversion attack to run on every cell: attack name, attacker's data, config overrides,
+    and which clients of a federated cell it attacks (``()``: every one)."""
 
     attack: str
     mode: str
     overrides: dict[str, Scalar] = field(default_factory=dict)
+    victims: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,7 @@ class SweepSpec:
     attacks: tuple[AttackSpec, ...]
     exclude: tuple[dict[str, Scalar], ...] = ()
     source: str = ""
+    archive: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -152,7 +164,7 @@ class SweepSpec:
             "source": self.source,
             "axes": [axis.name for axis in self.axes],
             "executions": [execution.label for execution in self.executions],
-            "attacks": [{"attack": a.attack, "mode": a.mode, "overrides": a.overrides} for a in self.attacks],
+            "attacks": [{"attack": a.attack, "mode": a.mode, "overrides": a.overrides, "victims": list(a.victims)} for a in self.attacks],
             "cells": [cell.to_json() for cell in self.cells()],
         }
 
@@ -186,6 +198,9 @@ def load_sweep(path: str | Path, output_dir: str | Path | None = None, overrides
     if unknown:
         raise ValueError(f"sweep file {path}: unknown top-level entries {unknown}")
     settings = tree.get("sweep", {})
+    unknown_settings = sorted(set(settings) - {"name", "output-dir", "archive"})
+    if unknown_settings:
+        raise ValueError(f"sweep file {path}: unknown [sweep] keys {unknown_settings} (known: name, output-dir, archive)")
     base = {**flatten(tree.get("base", {})), **(overrides or {})}
     _check_keys(base, known, "[base]")
     axes = tuple(_axis(name, values, known) for name, values in _grid_items(tree.get("grid", {})))
@@ -209,6 +224,7 @@ def load_sweep(path: str | Path, output_dir: str | Path | None = None, overrides
         attacks=attacks,
         exclude=exclude,
         source=str(path),
+        archive=Path(settings["archive"]) if settings.get("archive") else None,
     )
 
 
@@ -304,9 +320,12 @@ def _attacks(entry: Any, known: set[str]) -> list[AttackSpec]:
     for mode in modes:
         if mode not in ATTACK_MODES:
             raise ValueError(f"attack mode must be one of {', '.join(ATTACK_MODES)}; got {mode!r}")
-    keys = flatten({k: v for k, v in entry.items() if k not in ("attack", "mode")})
+    victims = entry.get("victims", [])
+    if not isinstance(victims, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in victims):
+        raise ValueError(f"attack {entry['attack']}: victims must be a list of client partition ids (integers >= 0); got {victims!r}")
+    keys = flatten({k: v for k, v in entry.items() if k not in ("attack", "mode", "victims")})
     _check_keys(keys, known, f"attack {entry['attack']}")
-    return [AttackSpec(str(entry["attack"]), mode, keys) for mode in modes]
+    return [AttackSpec(str(entry["attack"]), mode, keys, tuple(victims)) for mode in modes]
 
 
 def _check_keys(keys: Mapping[str, Any], known: set[str], where: str) -> None:

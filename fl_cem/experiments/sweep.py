@@ -5,13 +5,17 @@ checkpoint, TensorBoard logs, attack grids) plus ``status.json``: ``running``, `
 ``failed`` with the traceback. A cell is finished when its ``results.json`` has a ``final``
 summary and every requested (attack, mode) for every victim; a re-run skips it without loading
 data. An interrupted cell resumes from its checkpoint (``run.resume``), and attacks already
-recorded are not repeated. A failing cell is recorded and the sweep goes on.
+recorded are not repeated. A failing cell is recorded and the sweep goes on. With an
+``archive`` (:mod:`fl_cem.experiments.spec`) each finished cell is also copied there, and a cell
+found finished there is restored instead of trained again: the sweep resumes across machines
+and sessions from what was committed.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -62,6 +66,10 @@ def run_sweep(spec: SweepSpec, log: Log = print, only: Sequence[str] = ()) -> Sw
         raise ValueError(f"sweep {spec.name}: {len(idle)} cell(s) where CEM cannot act, e.g. {name}: {reason}; train longer or use cem.variant = 'paper'")
     spec.root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(spec.root / "sweep.json", json.dumps(spec.manifest(), indent=2).encode())
+    if spec.archive is not None:
+        for cell in cells:
+            if restore_cell(cell, spec.root, spec.archive, spec.attacks):
+                log(f"{cell.name}: restored from {spec.archive}")
     pending = {cell.name for cell in cells if not cell_finished(spec.root / cell.name, spec.attacks)}
     log(f"sweep {spec.name}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to run in {spec.root}")
     summary = SweepSummary()
@@ -80,6 +88,8 @@ def run_sweep(spec: SweepSpec, log: Log = print, only: Sequence[str] = ()) -> Sw
         if status["status"] == "done":
             summary.ran += 1
             log(f"{head}: done in {status['wall_s']:.0f}s")
+            if spec.archive is not None:
+                archive_cell(spec.root / cell.name, spec.archive / cell.name)
         else:
             summary.failed += 1
             log(f"{head}: FAILED in {status['wall_s']:.0f}s at {status['stage']}: {status['error']}")
@@ -137,8 +147,9 @@ def run_cell(cell: Cell, root: Path, attacks: tuple[AttackSpec, ...], log: Log =
         for attack in missing_attacks(results, attacks):
             status["stage"] = f"attack {attack.attack} {attack.mode}"
             write_status(run, status)
-            for outcome in attack_run(str(run.root), attack.attack, attack.mode, None, attack.overrides):
-                log(f"{attack.attack} {attack.mode} {outcome['victim']}: MSE {outcome['metrics']['mse']:.4f}")
+            for victim in attack.victims if results.get("kind") == "federated" and attack.victims else [None]:
+                for outcome in attack_run(str(run.root), attack.attack, attack.mode, victim, attack.overrides):
+                    log(f"{attack.attack} {attack.mode} {outcome['victim']}: MSE {outcome['metrics']['mse']:.4f}")
         status.update(status="done", stage="finished")
     except Exception as err:
         status.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
@@ -154,13 +165,46 @@ def cell_finished(folder: Path, attacks: tuple[AttackSpec, ...]) -> bool:
 
 
 def missing_attacks(results: dict[str, Any], attacks: tuple[AttackSpec, ...]) -> list[AttackSpec]:
-    """The requested attacks not yet recorded for every victim (each client of a federated run)."""
-    victims = int(results.get("clients", 1)) if results.get("kind") == "federated" else 1
+    """The requested attacks not yet recorded for each of their victims (the centralized client,
+    or the federated clients the attack names, every client by default)."""
     recorded: dict[tuple[str, str], set[str]] = {}
     for entry in results.get("attacks", []):
         if entry.get("status") != "failed":
             recorded.setdefault((entry["attack"], entry["mode"]), set()).add(entry["victim"])
-    return [a for a in attacks if len(recorded.get((a.attack, a.mode), set())) < victims]
+    return [a for a in attacks if not victim_names(results, a) <= recorded.get((a.attack, a.mode), set())]
+
+
+def victim_names(results: dict[str, Any], attack: AttackSpec) -> set[str]:
+    """The victims ``attack`` must be recorded for, named as :func:`fl_cem.attacks.run.load_victims` names them."""
+    if results.get("kind") != "federated":
+        return {"centralized"}
+    clients = attack.victims or range(int(results.get("clients", 1)))
+    return {f"client {pid}" for pid in clients}
+
+
+ARCHIVED = ("results.json", "config.toml")
+
+
+def archive_cell(folder: Path, archive: Path) -> None:
+    """Copy a finished cell's results, config and attack grids (small, committable) to ``archive``."""
+    (archive / "attacks").mkdir(parents=True, exist_ok=True)
+    for name in ARCHIVED:
+        atomic_write_bytes(archive / name, (folder / name).read_bytes())
+    for grid in sorted((folder / "attacks").glob("*.png")):
+        shutil.copyfile(grid, archive / "attacks" / grid.name)
+
+
+def restore_cell(cell: Cell, root: Path, archive: Path, attacks: tuple[AttackSpec, ...]) -> bool:
+    """Restore a cell from its archived copy when it has no run folder here and the copy is
+    finished with this cell's config; a stale copy (the sweep file changed) is left alone."""
+    source, folder = archive / cell.name, root / cell.name
+    if (folder / "results.json").is_file() or not cell_finished(source, attacks):
+        return False
+    cfg = Config.from_flat({**cell.overrides, "run.output-dir": str(root), "run.name": cell.name})
+    if cfg.differences(RunDir(source).read_results().get("config", {})):
+        return False
+    shutil.copytree(source, folder, dirs_exist_ok=True)
+    return True
 
 
 def check_same_config(results: dict[str, Any], cfg: Config) -> None:
