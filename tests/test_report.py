@@ -216,3 +216,19 @@ def test_report_of_plain_run_folders_puts_centralized_and_federated_side_by_side
     assert not any(name.startswith("fig4a") for name in report["figures"])
     assert any(name.startswith("fig4b") for name in report["figures"])
     assert report["fig3_fits"] == {}
+
+
+def test_report_states_the_sweeps_compute_in_hours(tmp_path: Path) -> None:
+    # Prepare: two runs of 1,800 s and 900 s of training, each with one attack of 1 s
+    for name, train_s in (("a", 1800.0), ("b", 900.0)):
+        write_run(tmp_path / name, "centralized", {"defense.name": name, "run.seed": 0}, {"test_accuracy": 0.9, "train_time_s": train_s}, 0.01)
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        results["environment"] = {"machine": "x86_64", "cpus": "2", "date": "2026-12-05 23:00:00"}
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+
+    # Execute
+    report = write_report(tmp_path)
+
+    # Assert: 2,700 s of training and 2 s of attacks
+    assert report["provenance"]["compute_s"] == {"train": 2700.0, "attack": 2.0}
+    assert "0.75 h of training and attacks in all (0.75 h training, 0.00 h attacks)" in (tmp_path / "report" / "report.md").read_text()

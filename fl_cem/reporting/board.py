@@ -1,13 +1,18 @@
-"""TensorBoard logging: scalars grouped by prefix and image grids, one writer per run."""
+"""TensorBoard logging: scalars grouped by prefix and image grids, one writer per run; a sweep's HParams view."""
 
 from __future__ import annotations
 
+import math
+import shutil
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
+
+from fl_cem.reporting.collect import RunRecord
+from fl_cem.reporting.table import Table
 
 
 class Board:
@@ -47,3 +52,20 @@ class Board:
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()
+
+
+def write_hparams(records: Sequence[RunRecord], table: Table, folder: Path) -> None:
+    """One HParams run per finished cell: its execution, method, CEM and other keys, seed, numbers.
+
+    The folder is rewritten from scratch so that a re-run report does not duplicate runs.
+    """
+    shutil.rmtree(folder, ignore_errors=True)
+    keys = [*table.roles.method, *table.roles.cem, *table.roles.other]
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        for record in records:
+            if record.status != "done":
+                continue
+            hparams: dict[str, Any] = {"execution": record.execution, "seed": record.seed if record.seed is not None else -1}
+            hparams.update({k: record.config.get(k) for k in keys if isinstance(record.config.get(k), (bool, int, float, str))})
+            metrics = {f"hparam/{k}": v for k, v in record.values.items() if math.isfinite(v)}
+            writer.add_hparams(hparams, metrics, run_name=record.name)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from fl_cem.reporting.board import write_hparams
 from fl_cem.reporting.collect import RunRecord, load_records
 from fl_cem.reporting.figures import figure_summary, mse_column, plot_accuracy_vs_mse, plot_mse_vs_entropy, plot_reconstructions
 from fl_cem.reporting.fit import ExpFit
@@ -109,10 +109,13 @@ def provenance(records: Sequence[RunRecord]) -> dict[str, list[str]]:
         if env
     }
     dates = sorted(r.environment["date"] for r in records if "date" in r.environment)
+    # the sweep's wall time in all, the figure a compute budget is held against
+    compute = {part: sum(r.values.get(f"{part}_s", 0.0) for r in records) for part in ("train", "attack")}
     return {
         "machines": sorted(machines),
         "started": [dates[0], dates[-1]] if dates else [],
         "commits": sorted({r.commit for r in records if r.commit}),
+        "compute_s": compute,
     }
 
 
@@ -124,7 +127,12 @@ def markdown(name: str, table: Table, records: Sequence[RunRecord], fits: dict[s
     origin = provenance(records)
     if origin["machines"]:
         started = " to ".join(dict.fromkeys(origin["started"]))
-        lines += [f"Ran on {'; '.join(origin['machines'])}; cells started {started}; commit {', '.join(origin['commits']) or 'unknown'}.", ""]
+        hours = {part: seconds / 3600 for part, seconds in origin["compute_s"].items()}
+        lines += [
+            f"Ran on {'; '.join(origin['machines'])}; cells started {started}; commit {', '.join(origin['commits']) or 'unknown'}; "
+            f"{hours['train'] + hours['attack']:.2f} h of training and attacks in all ({hours['train']:.2f} h training, {hours['attack']:.2f} h attacks).",
+            "",
+        ]
     lines.append(NOTES)
     quality = [c for c in table.columns if c.endswith(("_psnr", "_ssim")) or ratio_pair(c)]
     main = [c for c in table.columns if c not in quality]
@@ -375,23 +383,3 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-# ----------------------------------------------------------------------------- TensorBoard
-def write_hparams(records: Sequence[RunRecord], table: Table, folder: Path) -> None:
-    """One HParams run per finished cell: its execution, method, CEM and other keys, seed, numbers.
-
-    The folder is rewritten from scratch so that a re-run report does not duplicate runs.
-    """
-    from torch.utils.tensorboard import SummaryWriter
-
-    shutil.rmtree(folder, ignore_errors=True)
-    keys = [*table.roles.method, *table.roles.cem, *table.roles.other]
-    with SummaryWriter(log_dir=str(folder)) as writer:
-        for record in records:
-            if record.status != "done":
-                continue
-            hparams: dict[str, Any] = {"execution": record.execution, "seed": record.seed if record.seed is not None else -1}
-            hparams.update({k: record.config.get(k) for k in keys if isinstance(record.config.get(k), (bool, int, float, str))})
-            metrics = {f"hparam/{k}": v for k, v in record.values.items() if math.isfinite(v)}
-            writer.add_hparams(hparams, metrics, run_name=record.name)
