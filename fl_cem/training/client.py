@@ -69,8 +69,12 @@ class Client:
             return self.forward(x, seed).z
 
     @contextmanager
-    def deployed(self) -> Iterator[None]:
-        """Encoder and defense in eval mode for the block (evaluation, CEM refits, the attacker), then restored."""
+    def deployed(self, frozen: bool = False) -> Iterator[None]:
+        """Encoder and defense in eval mode for the block (evaluation, CEM refits, the attacker), then restored.
+
+        ``frozen`` also stops the weights requiring gradients for the block: the attacker
+        differentiates through the client to its input (rMLE), never to the weights.
+        """
         was = self.encoder.training, self.defense.training
         self.encoder.eval()
         self.defense.eval()
@@ -84,13 +88,19 @@ class Client:
         """Deployed smashed data and labels of each batch, noise on (batch ``i`` drawn from ``seed + i``)."""
         with self.deployed():
             for i, (x, y) in enumerate(batches):
+        params = [*self.encoder.parameters(), *self.defense.parameters()] if frozen else []
+        grads = [p.requires_grad for p in params]
                 yield self.smash(x, seed + i), y
 
+        for p in params:
+            p.requires_grad_(False)
     @torch.no_grad()
     def features(self, batches: Iterable[tuple[Tensor, Tensor]], before_defense: bool = False) -> tuple[Tensor, Tensor]:
         """Noise-free features and labels of a whole pass, deployed (CEM refits): ``z_hat``, or the
         encoder's output ``z_raw`` with ``before_defense`` (``cem.before_defense``)."""
         with self.deployed():
+            for p, grad in zip(params, grads):
+                p.requires_grad_(grad)
             feats, labels = zip(*((self.encoder(x) if before_defense else self.defense.transform(self.encoder(x)), y) for x, y in batches))
         return torch.cat(feats), torch.cat(labels)
 
