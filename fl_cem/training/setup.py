@@ -96,7 +96,7 @@ def build_client(cfg: Config, model: SplitModel, num_classes: int, dataset_size:
     encoder = place(defense.wrap_encoder(model.encoder), device, memory_format)
     defense.to(device)
     cem = ConditionalEntropy(cfg.cem, cfg.noise.sigma, num_classes, dataset_size)
-    return Client(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, memory_format, cem, schedule_of(cfg, kind, "client"))
+    return Client(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, memory_format, cem, schedule_of(cfg, kind, "client"), kind)
 
 
 def build_server(cfg: Config, model: SplitModel, device: torch.device, kind: str = "centralized", recorder: Recorder | None = None) -> Server:
