@@ -121,12 +121,11 @@ def test_official_cem_loss_ignores_the_dropout_mask(tiny: Callable[..., Config],
     for seed in (1, 2):
         model = build_model(cfg, (1, 8, 8), 10, (0.5,), (0.25,))  # the same weights both times
         client = build_client(cfg, model, 10, 64, torch.device("cpu"))
-        feats, labels = client.features([(x, y)], cfg.cem.before_defense)
-        client.cem.refit(feats, labels, torch.Generator().manual_seed(0))
+        client.refit([(x, y)], seed=0)
         fwd = client.forward(x, seed)
         assert not torch.equal(fwd.z_hat, client.forward(x, seed + 10).z_hat)  # the masks differ
         # Execute
-        metrics = client.step(x, y, fwd, torch.zeros_like(fwd.z), Position(0))
+        metrics = client.step(x, y, seed, torch.zeros_like(fwd.z), Position(0), fwd)
         losses.append(metrics["cem_loss"])
     # Assert: the official loss is computed on the encoder output, before the mask
     assert (not torch.equal(losses[0], losses[1])) is sees_the_mask

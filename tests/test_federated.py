@@ -18,6 +18,7 @@ from fl_cem.federated.server_loop import FederatedRun
 from fl_cem.federated.wire import from_bytes
 from fl_cem.reporting.run_dir import RunDir
 from fl_cem.training.centralized import train_centralized
+from fl_cem.training.client import Client
 
 from .conftest import simulate
 
@@ -190,27 +191,24 @@ def test_lockstep_serves_each_chunk_in_partition_order_as_soon_as_it_may() -> No
 def test_global_cem_refits_at_the_epochs_centralized_training_refits(tiny: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: two local epochs per round, a refit every epoch (official variant: the first
     # mixture after epoch 1), so the server must refit within a round as well as at its start
-    from fl_cem.training import centralized
-
     common = {"cem.lambda": 16.0, "cem.variant": "official", "cem.federation": "global", "train.epochs": 4, "federated.rounds": 2, "federated.local-epochs": 2}
     fed = tiny(**common, **{"run.name": "fed", "partition.num-partitions": 2})
     cen = tiny(**common, **{"run.name": "cen"})
     federated_refits: list[int] = []
     central_refits: list[int] = []
     refit_global = FederatedRun.refit_global_cem
-    measure = centralized.measure_cem
+    refit_client = Client.refit
 
     def spy_global(self: FederatedRun, server_round: int, sampled: list[int], epoch: int, encoder: object = None) -> None:
         federated_refits.append(epoch)
         refit_global(self, server_round, sampled, epoch, encoder)  # type: ignore[arg-type]
 
-    def spy_central(client: object, cfg: Config, splits: object, device: object, refit: bool, seed: int) -> dict[str, float]:
-        if refit:
-            central_refits.append(seed - cfg.run.seed)  # the seed of the refit before epoch E is run.seed + E
-        return measure(client, cfg, splits, device, refit, seed)  # type: ignore[arg-type]
+    def spy_central(client: Client, batches: object, seed: int) -> None:
+        central_refits.append(seed - cen.run.seed)  # the seed of the refit before epoch E is run.seed + E
+        refit_client(client, batches, seed)  # type: ignore[arg-type]
 
     monkeypatch.setattr(FederatedRun, "refit_global_cem", spy_global)
-    monkeypatch.setattr(centralized, "measure_cem", spy_central)
+    monkeypatch.setattr(Client, "refit", spy_central)
     # Execute
     simulate(fed, num_clients=2)
     train_centralized(cen, log=lambda _: None)

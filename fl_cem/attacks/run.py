@@ -54,17 +54,17 @@ class Victim:
     federated: SplitClient | None
 
     def smash(self, seed: int) -> Callable[[Tensor], Tensor]:
-        """The client's own forward pass (:meth:`Client.forward`), deployed: eval mode, frozen
-        weights, a fresh noise draw per call from seeds the attacker picks (it knows the law).
+        """The client's own forward pass (:meth:`Client.forward`), deployed
+        (:meth:`Client.deployed`: eval mode, frozen weights), a fresh noise draw per call from
+        seeds the attacker picks (it knows the law).
 
         Gradients flow to the input (rMLE optimises images through it), not to the weights.
         """
-        self.client.encoder.eval().requires_grad_(False)
-        self.client.defense.eval().requires_grad_(False)
         calls = itertools.count()
 
         def smash_batch(x: Tensor) -> Tensor:
-            return self.client.forward(x, batch_seed(seed, 0, next(calls), ATTACKER)).z
+            with self.client.deployed(frozen=True):
+                return self.client.forward(x, batch_seed(seed, 0, next(calls), ATTACKER)).z
 
         return smash_batch
 
@@ -74,8 +74,8 @@ def load_victims(run: RunDir, cfg: Config, client: int | None, device: torch.dev
     if not run.checkpoint_path.is_file():
         raise FileNotFoundError(f"{run.root} has no {run.checkpoint_path.name}: train the run before attacking it")
     state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
-    refuse_other_kind(run, state, None)
-    if "client_states" not in state:
+    refuse_other_kind(run, state, None)  # refuses older layouts; each of this one names its kind
+    if state["kind"] == "centralized":
         if client is not None:
             raise ValueError(f"{run.root} is a centralized run; --client applies to federated runs only")
         splits = load_splits(cfg.data, cfg.run.seed)

@@ -33,11 +33,10 @@ from fl_cem.config import Config
 from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
 from fl_cem.data.partition import local_test_indices
 from fl_cem.federated.averaging import federated_momentum, set_norm_momentum
-from fl_cem.training.client import Client
-from fl_cem.training.layout import in_format
+from fl_cem.training.client import Client, global_refit_due
 from fl_cem.training.schedule import Position
 from fl_cem.training.setup import build_client, build_model, train_loader
-from fl_cem.training.step import batch_seed, frozen_batchnorm_stats
+from fl_cem.training.step import batch_seed
 
 
 @dataclass
@@ -85,6 +84,20 @@ class Template:
     local_test: Tensor
     """Positions into the test split with this client's label distribution."""
     initial: dict[str, Any]
+
+
+@dataclass
+class Reply:
+    """A client's answer to one message in plain types; the ClientApp packs it into records."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    """Scalars and lists: the reply's ``ConfigRecord`` (the app adds the partition id)."""
+    arrays: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    """Tensors by record name: an ``ArrayRecord`` each."""
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Numbers by record name: a ``MetricRecord`` each."""
+    state: bool = False
+    """Whether the reply carries the client's state: where a round ends, which the server checkpoints."""
 
 
 @lru_cache(maxsize=4)
@@ -144,13 +157,22 @@ class SplitClient:
         """The encoder's weights and batch-norm statistics, for the federation's average."""
         return self.client.encoder.state_dict()
 
+    @property
+    def num_examples(self) -> int:
+        """Training examples in the partition: the weight of this client's encoder in averages."""
+        return len(self.loader.indices)
+
+    def partition_batches(self) -> BatchLoader:
+        """The whole local partition in fixed order, unaugmented: what mixtures are fitted on (no copy of it is made)."""
+        return BatchLoader(self.splits.train, self.cfg.train.eval_batch_size, self.device, shuffle=False, indices=self.loader.indices)
+
     # ------------------------------------------------------------------ queries
     def hello(self) -> dict[str, Any]:
         """What the server needs to build the decoder and weight aggregates."""
         return {
             "partition_id": self.partition_id,
             "num_partitions": self.num_partitions,
-            "num_examples": len(self.loader.indices),
+            "num_examples": self.num_examples,
             "pixel_var": self.splits.pixel_var,
             "pixel_entropy": self.splits.pixel_entropy,
             "num_classes": self.splits.num_classes,
@@ -159,24 +181,17 @@ class SplitClient:
 
     def features(self) -> tuple[Tensor, Tensor]:
         """Noise-free features of the whole local partition (CEM refits)."""
-        data = self.splits.train.subset(self.loader.indices.cpu())
-        loader = BatchLoader(data, self.cfg.train.eval_batch_size, self.device, shuffle=False)
-        return self.client.features(iter(loader), self.cfg.cem.before_defense)
+        return self.client.features(self.partition_batches(), self.cfg.cem.before_defense)
 
     def fittable_features(self) -> tuple[Tensor, Tensor]:
-        """Local features of the classes this client holds at least ``k`` samples of.
+        """Local features of the classes this client holds at least ``k`` samples of (:meth:`Client.fittable_features`)."""
+        return self.client.fittable_features(self.partition_batches())
 
-        A label-skewed client can hold a class too thinly for ``k`` clusters; centrally that
-        is a configuration error, here it is normal, so such classes are left to the other
-        clients (their clusters get pi = 0 locally) instead of failing the client.
-        """
-        z, y = self.features()
-        counts = torch.bincount(y, minlength=self.splits.num_classes)
-        keep = counts[y] >= self.cfg.cem.clusters_per_class
-        return z[keep], y[keep]
-
-    def local_centres(self, global_centres: Tensor | None, seed: int) -> tuple[Tensor, Tensor]:
-        """Local k-means centres and their counts, for the server's global initial centres."""
+    def local_centres(self, global_centres: Tensor | None, seed: int, encoder: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Local k-means centres and their counts, for the server's global initial centres; a refit
+        within a round fits the ``encoder`` just averaged, loaded first."""
+        if encoder is not None:
+            self.load_encoder(encoder)
         z, y = self.fittable_features()
         warm = None
         if global_centres is not None:
@@ -224,17 +239,15 @@ class SplitClient:
         set_norm_momentum(self.client.encoder, federated_momentum(averaged))
 
     def apply_gradients(self, grads: Tensor) -> None:
-        """Recompute the pending batches' forward passes and step with the server's gradients."""
+        """Step on the pending batches with the server's gradients (:meth:`Client.step` recomputes each forward pass)."""
         offset = 0
         for epoch, batch in self.cursor.pending:
             self.loader.set_epoch(epoch)
             x, y = self.loader.batch(batch)
             seed = batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id)
-            with frozen_batchnorm_stats(self.client.encoder):
-                fwd = self.client.forward(x, seed)
-            grad = in_format(grads[offset : offset + len(y)].to(fwd.z), self.client.memory_format)
+            grad = grads[offset : offset + len(y)]
             offset += len(y)
-            metrics = self.client.step(x, y, fwd, grad, Position(epoch, batch, len(self.loader)))
+            metrics = self.client.step(x, y, seed, grad, Position(epoch, batch, len(self.loader)))
             for key, value in metrics.items():
                 self.cursor.sums[key] = self.cursor.sums.get(key, 0.0) + float(value)
             self.cursor.steps += 1
@@ -254,10 +267,9 @@ class SplitClient:
 
     @property
     def global_refit_due(self) -> bool:
-        """An epoch starts at which the server refits the global mixture (``cem.refits_at``)."""
-        cem = self.cfg.cem
+        """An epoch starts at which the server refits the global mixture (:func:`global_refit_due`)."""
         epoch = self.cursor.epoch
-        return cem.federation == "global" and self.cursor.batch == 0 and epoch != self.cursor.refitted and cem.refits_at(epoch)
+        return self.cursor.batch == 0 and epoch != self.cursor.refitted and global_refit_due(self.cfg.cem, epoch)
 
     @property
     def _at_sync_point(self) -> bool:
@@ -278,13 +290,14 @@ class SplitClient:
         self.client.encoder.load_state_dict(state)
         self.cursor.since_sync = 0
 
-    def next_chunk(self, chunk: int) -> tuple[Tensor, Tensor, list[int], list[int]]:
-        """Smash the next ``chunk`` batches (no graph kept, never past a sync point); returns z, labels, epochs, sizes."""
+    def next_chunk(self, chunk: int) -> tuple[Tensor, Tensor, list[int], list[int], list[int]]:
+        """Smash the next ``chunk`` batches (no graph kept, never past a sync point); returns z,
+        labels, and each batch's epoch, size and index in its epoch (the batches awaiting gradients)."""
         zs, ys, epochs, sizes = [], [], [], []
         while len(zs) < chunk and not self.done and not self._at_sync_point:
             epoch, batch = self.cursor.epoch, self.cursor.batch
-            if batch == 0:
-                self._epoch_start(epoch)
+            if batch == 0:  # a local refit (Algorithm 1, lines 4-5), as centralized training does
+                self.client.epoch_start(epoch, self.partition_batches(), self.cfg.run.seed + epoch)
             self.loader.set_epoch(epoch)
             x, y = self.loader.batch(batch)
             z = self.client.smash(x, batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id))
@@ -298,15 +311,45 @@ class SplitClient:
             if self.cursor.batch == len(self.loader):
                 self.cursor.epoch += 1
                 self.cursor.batch = 0
-        return torch.cat(zs), torch.cat(ys), epochs, sizes
-
-    def _epoch_start(self, epoch: int) -> None:
-        """Local CEM refit at the start of an epoch (Algorithm 1, lines 4-5), as centralized does."""
-        cfg = self.cfg.cem
-        if cfg.federation == "local" and cfg.refits_at(epoch):
-            z, y = self.fittable_features()
-            self.cem.refit(z, y, torch.Generator().manual_seed(self.cfg.run.seed + epoch))
+        return torch.cat(zs), torch.cat(ys), epochs, sizes, [b for _, b in self.cursor.pending]
 
     def round_metrics(self) -> dict[str, float]:
         steps = max(self.cursor.steps, 1)
         return {key: value / steps for key, value in self.cursor.sums.items()}
+
+    # ------------------------------------------------------------------ messages
+    def train_step(
+        self, chunk: int, grads: Tensor | None = None, encoder: dict[str, Tensor] | None = None,
+        mixture: dict[str, Tensor] | None = None, start: tuple[int, int, int] | None = None,
+    ) -> Reply:
+        """One ``train.step``: take what the server sent, in this order (the federation's
+        ``encoder``; at a round's ``start`` its first epoch, epochs and client count; the global
+        ``mixture``; the last chunk's ``grads``), then answer ``done`` (round metrics, encoder,
+        state), ``sync`` (paused for the federation, with the encoder) or the next ``chunk``."""
+        if encoder is not None:
+            self.load_encoder(encoder)
+        if start is not None:
+            self.start_round(*start)
+        if mixture is not None:
+            self.load_mixture(MixtureStats.from_state_dict(mixture))
+        if grads is not None:
+            self.apply_gradients(grads)
+        examples = {"num_examples": float(self.num_examples)}
+        if self.done:
+            metrics = {"metrics": {**examples, **self.round_metrics()}}
+            return Reply({"status": "done"}, {"encoder": self.encoder_state()}, metrics, state=True)
+        if self.sync_due:
+            config = {"status": "sync", "average": self.averaging_due, "refit": self.global_refit_due, "epoch": self.cursor.epoch}
+            return Reply(config, {"encoder": self.encoder_state()}, {"metrics": examples})
+        z, y, epochs, sizes, batches = self.next_chunk(chunk)
+        return Reply({"status": "batch", "epochs": epochs, "sizes": sizes, "batches": batches}, {"smashed": {"z": z, "y": y}})
+
+    def evaluate_round(self, seed: int, encoder: dict[str, Tensor] | None = None) -> Reply:
+        """``evaluate.test``: with the federation's ``encoder`` (when sent), the smashed test split
+        and local test split (the server classifies them), the local bound and the end-of-round state."""
+        if encoder is not None:
+            self.load_encoder(encoder)
+        z, y = self.evaluate("test", seed)
+        z_local, y_local = self.evaluate("local_test", seed)
+        smashed = {"smashed": {"z": z, "y": y}, "smashed_local": {"z": z_local, "y": y_local}}
+        return Reply(arrays=smashed, metrics={"cem": self.cem_report(seed)}, state=True)

@@ -65,8 +65,7 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
                     if not client.done:
                         synced.append(pid)
                     continue
-                z, y, epochs, sizes = client.next_chunk(fed.chunk)
-                batches = [b for _, b in client.cursor.pending]
+                z, y, epochs, sizes, batches = client.next_chunk(fed.chunk)
                 grads[pid], served = server.serve(z, y, sizes, epochs, pid, server_round, batches, epoch_batches)
                 loss, correct, count = loss + served["loss_sum"], correct + served["correct"], count + served["count"]
         if fed.averages_encoders:
@@ -99,7 +98,7 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
 
 def _average(clients: list[SplitClient], pids: list[int], server: SplitServer) -> dict[str, Tensor]:
     """SplitFed's FedAvg over ``pids``: the encoders (loaded back into them) and V1's decoder copies."""
-    weights = {pid: float(len(clients[pid].loader.indices)) for pid in pids}
+    weights = {pid: float(clients[pid].num_examples) for pid in pids}
     average = average_states([clients[pid].encoder_state() for pid in pids], [weights[pid] for pid in pids])
     for pid in pids:
         clients[pid].load_encoder(average)

@@ -18,7 +18,8 @@ from fl_cem.training.setup import build_model, build_server
 
 
 class SplitServer:
-    """Hosts the decoder, serves smashed batches in the order the loop hands them over, records what it sees.
+    """Hosts the decoder, serves smashed batches in the order the loop hands them over; its
+    :class:`Server` records what it serves (``interceptor``, the curious server).
 
     SplitFed V1 (``federated.variant = splitfed-v1``) trains a copy of the decoder (and its
     optimizer) per client and averages the copies whenever the encoders are averaged; the
@@ -38,9 +39,9 @@ class SplitServer:
         channels = shape[0]
         # Normalisation lives in the encoder; the decoder's initial weights depend only on the seed.
         model = build_model(cfg, shape, num_classes, (0.0,) * channels, (1.0,) * channels)
-        self.shared: Server = build_server(cfg, model, device, "federated")
-        self.smashed_shape = model.smashed_shape
         self.interceptor = Interceptor(cfg.attack.intercept_max if cfg.attack.intercept else 0, cfg.run.seed)
+        self.shared: Server = build_server(cfg, model, device, "federated", self.interceptor)
+        self.smashed_shape = model.smashed_shape
         self.norms = [m for m in self.shared.decoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.per_client_norms = cfg.federated.variant == "vanilla"
         self.per_client_decoders = cfg.federated.variant == "splitfed-v1"
@@ -60,7 +61,7 @@ class SplitServer:
         if not self.per_client_decoders:
             return self.shared
         if client not in self.copies:
-            self.copies[client] = copy.deepcopy(self.shared)
+            self.copies[client] = copy.deepcopy(self.shared, {id(self.interceptor): self.interceptor})  # one recorder for all
             set_norm_momentum(self.copies[client].decoder, federated_momentum(self.averaged))
         return self.copies[client]
 
@@ -111,11 +112,10 @@ class SplitServer:
             zb = z[offset : offset + size].to(self.device)
             yb = labels[offset : offset + size].to(self.device)
             offset += size
-            self.interceptor.offer(zb, yb, client, round_, epoch, batch)
             parts = self.parts_of(client)
             self.served[epoch] = self.served.get(epoch, 0) + 1
             with self.statistics_of(client):
-                grad, metrics = parts.step(zb, yb, Position(epoch, self.served[epoch] - 1, epoch_batches))
+                grad, metrics = parts.step(zb, yb, Position(epoch, self.served[epoch] - 1, epoch_batches), (client, round_, epoch, batch))
             grads.append(grad)
             loss += float(metrics["loss"]) * size
             correct += int(metrics["correct"])

@@ -35,6 +35,7 @@ from fl_cem.federated.wire import from_record, to_record
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line
 from fl_cem.reporting.run_dir import CHECKPOINT_LAYOUT, RunDir, RunFolderTaken, atomic_torch_save, environment, git_commit, refuse_other_kind
+from fl_cem.training.client import global_refit_due
 from fl_cem.training.schedule import Position
 from fl_cem.training.setup import batches_per_epoch, resolve_device
 from strategies.split_strategy import SplitLearningStrategy
@@ -281,7 +282,7 @@ class FederatedRun:
                 tick = time.perf_counter()
                 sampled = self.strategy.sample(server_round, self.strategy.eligible(self.grid))
                 first_epoch = (server_round - 1) * cfg.federated.local_epochs
-                if cfg.cem.federation == "global" and cfg.cem.refits_at(first_epoch):
+                if global_refit_due(cfg.cem, first_epoch):
                     self.refit_global_cem(server_round, sampled, first_epoch)
                 done, train_metrics = self.train_round(server_round, sampled)
                 encoder, client_metrics = self.strategy.aggregate_train(server_round, done)

@@ -33,16 +33,15 @@ def eval_loader(data: Any, cfg: Config, device: torch.device) -> BatchLoader:
     return BatchLoader(data, cfg.train.eval_batch_size, device, shuffle=False)
 
 
-def measure_cem(client: Client, cfg: Config, splits: DataSplits, device: torch.device, refit: bool, seed: int) -> dict[str, float]:
-    """Refit the mixture on the whole training split (when asked) and report the bound.
+def measure_cem(client: Client, cfg: Config, splits: DataSplits, batches: BatchLoader, epoch: int) -> dict[str, float]:
+    """Start epoch ``epoch``'s mixture on the training split's ``batches`` (:meth:`Client.epoch_start`) and report the bound.
 
-    With ``cem.lambda = 0`` this is pure measurement, done after the epoch so the training
-    step itself pays nothing; with ``lambda > 0`` the same refit is the next epoch's mixture
-    (Algorithm 1, lines 4-5), so it is computed once.
+    Called after the previous epoch's evaluation: with ``cem.lambda > 0`` the refit that epoch
+    ``epoch`` trains with (Algorithm 1, lines 4-5) is computed once and reported on; with
+    ``lambda = 0`` the mixture is fitted for measurement only, so the training step pays nothing.
     """
-    if refit:
-        feats, labels = client.features(iter(eval_loader(splits.train, cfg, device)), cfg.cem.before_defense)
-        client.cem.refit(feats, labels, torch.Generator().manual_seed(seed))
+    if not client.epoch_start(epoch, batches, cfg.run.seed + epoch) and not cfg.cem.enabled:
+        client.refit(batches, cfg.run.seed + epoch)
     return client.cem.report(math.prod(splits.shape), splits.pixel_var, splits.pixel_entropy)
 
 
@@ -63,6 +62,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
     client = build_client(cfg, model, splits.num_classes, len(splits.train), device)
     server = build_server(cfg, model, device)
     batches = train_loader(splits.train, cfg, splits.natural, device, cfg.run.seed)
+    fit_batches = eval_loader(splits.train, cfg, device)  # the mixture's: unaugmented, fixed order
     history: list[dict[str, Any]] = []
     start = 0
     if cfg.run.resume and run.checkpoint_path.is_file():
@@ -84,8 +84,8 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
     board = Board(run.tb_dir)
     began = time.perf_counter()
     try:
-        if cfg.cem.refits_at(0) and not client.cem.fitted:
-            measure_cem(client, cfg, splits, device, refit=True, seed=cfg.run.seed)
+        if not client.cem.fitted:
+            client.epoch_start(0, fit_batches, cfg.run.seed)
         for epoch in range(start, cfg.train.epochs):
             batches.set_epoch(epoch)
             tick = time.perf_counter()
@@ -98,8 +98,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
             record = {"epoch": epoch + 1, "lr": client.schedule.lr(Position(epoch, len(batches) - 1, len(batches))), "train_time_s": train_time, **epoch_train_metrics(sums, len(batches))}
             record["val"] = evaluate(client, server, eval_loader(splits.val, cfg, device), cfg.run.seed)
             record["test"] = evaluate(client, server, eval_loader(splits.test, cfg, device), cfg.run.seed)
-            refit = not cfg.cem.enabled or cfg.cem.refits_at(epoch + 1)
-            record["cem"] = measure_cem(client, cfg, splits, device, refit, cfg.run.seed + epoch + 1)
+            record["cem"] = measure_cem(client, cfg, splits, fit_batches, epoch + 1)
             history.append(record)
             save_checkpoint(run, cfg, epoch + 1, client, server, history)
             run.write_results(results)

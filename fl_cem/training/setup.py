@@ -14,7 +14,7 @@ from fl_cem.models.split import SplitModel, build_split_model
 from fl_cem.training.client import Client
 from fl_cem.training.layout import model_format, place
 from fl_cem.training.schedule import Schedule
-from fl_cem.training.server import Server
+from fl_cem.training.server import Recorder, Server
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,11 +96,11 @@ def build_client(cfg: Config, model: SplitModel, num_classes: int, dataset_size:
     encoder = place(defense.wrap_encoder(model.encoder), device, memory_format)
     defense.to(device)
     cem = ConditionalEntropy(cfg.cem, cfg.noise.sigma, num_classes, dataset_size)
-    return Client(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, memory_format, cem, schedule_of(cfg, kind, "client"))
+    return Client(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, memory_format, cem, schedule_of(cfg, kind, "client"), kind)
 
 
-def build_server(cfg: Config, model: SplitModel, device: torch.device, kind: str = "centralized") -> Server:
-    """The shared decoder, its optimizer and schedule."""
+def build_server(cfg: Config, model: SplitModel, device: torch.device, kind: str = "centralized", recorder: Recorder | None = None) -> Server:
+    """The shared decoder, its optimizer, schedule and (a curious server's) recorder."""
     memory_format = model_format(device, model.input_shape)
     decoder = place(model.decoder, device, memory_format)
-    return Server(decoder, sgd(decoder.parameters(), cfg.train), memory_format, schedule_of(cfg, kind, "server"))
+    return Server(decoder, sgd(decoder.parameters(), cfg.train), memory_format, schedule_of(cfg, kind, "server"), recorder)

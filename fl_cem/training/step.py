@@ -4,15 +4,15 @@ Centralized training calls :func:`train_step`, which is exactly::
 
     fwd = client.forward(x, seed)                        # client: encoder -> defense -> + noise
     grad_z, m = server.step(fwd.z, y, at)                # server: decoder forward/backward/step
-    client.step(x, y, fwd, grad_z, at)                   # client: chain rule + CEM + defense, step
+    client.step(x, y, seed, grad_z, at, fwd)             # client: chain rule + CEM + defense, step
 
 (:class:`fl_cem.training.client.Client`, :class:`fl_cem.training.server.Server`). The federated
-path calls the same three methods on either side of a Flower message. The
+path calls the same three methods on either side of a Flower message, without ``fwd``: the
 client cannot keep an autograd graph between messages, so it sends ``z`` computed without a
-graph and later recomputes the forward pass from the same batch and seed: all randomness of
-the client forward (noise, dropout) is drawn from a per-batch seed, and batch-norm running
-statistics are frozen during the recomputation, which makes the two paths compute the same
-numbers in the same order.
+graph (``client.smash``) and ``client.step`` recomputes the forward pass from the same batch and
+seed: all randomness of the client forward (noise, dropout) is drawn from a per-batch seed,
+and batch-norm running statistics are frozen during the recomputation, which makes the two
+paths compute the same numbers in the same order.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def train_step(client: Client, server: Server, x: Tensor, y: Tensor, seed: int, 
     """One split-learning step on a batch, client and server in one process, at ``at``'s learning rate."""
     fwd = client.forward(x, seed)
     grad_z, metrics = server.step(fwd.z, y, at)
-    metrics.update(client.step(x, y, fwd, grad_z, at))
+    metrics.update(client.step(x, y, seed, grad_z, at, fwd))
     return metrics
 
 
