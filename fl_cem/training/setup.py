@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor, nn
 
@@ -18,12 +20,63 @@ from fl_cem.training.server import Recorder, Server
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without it is a config error."""
+    """The one device decision: every party's tensors are placed on what this returns for ``run.device``.
+
+    The centralized trainer, each federated client (``fl_cem/client_app.py`` per message), the
+    server (``FederatedRun``), the in-process reference (``run_reference``) and the attacker
+    (``attack_run``) call it, and pass the result down to the models, the data (uploaded once per
+    process), the loaders and the attacks.
+
+    ``auto`` is CUDA when this process may use a GPU, else the CPU. Inside a Ray worker (a
+    simulated client's actor) that means a GPU Ray assigned to it (``client-resources-num-gpus``
+    above 0): an actor given none runs on the CPU even where GPUs are visible to it, as they are
+    when Ray runs with ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0`` or, as Ray announces, by default
+    in later versions (``ray/_private/utils.py::set_visible_accelerator_ids``); otherwise all such
+    clients would share GPU 0 outside Ray's accounting. ``cpu``, ``cuda`` and ``cuda:N`` are
+    obeyed as named.
+
+    Deliberate CPU islands, correct whatever this returns: tensors cross the wire, and enter and
+    leave checkpoints, as CPU arrays (``wire.py``, ``torch.load(map_location="cpu")``, then
+    ``load_state_dict`` copies into the placed modules); the server averages encoders and merges
+    CEM statistics on the CPU records it received (``strategies/split_strategy.py``); the CEM
+    bound and the pixel entropy are float64 CPU math (``ConditionalEntropy.metrics``,
+    ``cem/bound.py``: a few eigenvalues once per epoch, in the precision the bound needs); the
+    curious server's recorder keeps what it intercepts in host memory; partitioning, plots and
+    TensorBoard images read labels and pixels on the CPU.
+
+    Raises
+    ------
+    ValueError
+        ``cuda`` or ``cuda:N`` where CUDA is absent, or ``N`` beyond the devices visible here.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"run.device = {name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return torch.device(name)
+        gpus = ray_gpu_ids()
+        usable = torch.cuda.is_available() and (gpus is None or len(gpus) > 0)
+        return torch.device("cuda" if usable else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"run.device = {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"run.device = {name!r} but only {count} CUDA device(s) are visible here (cuda:0 to cuda:{count - 1})")
+    return device
+
+
+def ray_gpu_ids() -> list[str] | None:
+    """GPU ids Ray assigned to this process when it is a Ray worker; ``None`` outside Ray's workers.
+
+    The driver (the simulation process, where the server runs) is outside Ray's accounting and
+    gets ``None``. Ray is only consulted when already imported: a process that never imported it
+    is no Ray worker, and importing it would cost seconds.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.worker.mode != ray.WORKER_MODE:
+        return None
+    return [str(i) for i in context.get_accelerator_ids().get("GPU", [])]
 
 
 def build_model(
