@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +10,6 @@ import torch
 
 from fl_cem.config import Config
 
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 # One thread per process: the Ray actors and the test process share two cores, and
 # oversubscribed torch threads run many times slower than one.
 torch.set_num_threads(1)

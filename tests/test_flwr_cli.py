@@ -45,7 +45,6 @@ def flower_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         **os.environ,
         "FLWR_HOME": str(tmp_path / "flwr-home"),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     try:
