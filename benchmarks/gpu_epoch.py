@@ -18,29 +18,41 @@ each stage, so a run stopped early keeps what it measured.
 
 ``--smoke`` runs the same code on a few batches of ``--data`` (a CPU test does this end to end).
 
-On a lent H100 (``nvidia-h100-x1``; /work/.library/device/README.md): the image has torch but
-not flwr/ray, and what travels is at most 64 MiB, while the ray 2.55.1 wheel is 70 MiB. Here,
-in the repository root (``.gpu/`` ignored by git)::
+On a lent H100 (``nvidia-h100-x1``; /work/.library/device/README.md) the image has torch but not
+flwr or ray, and one call carries at most 64 MiB: ray, flwr with the requirements the image
+lacks, the 19 MB tarball and the repository come to 69 MiB even with Ray's Java jar, web UI,
+libraries and symbols left out. So two calls on the same warm machine (it waits 30 s after a
+call): the first installs ray and times the centralized stage, which needs neither package;
+the second installs flwr and times the federated stage. Ignored folders stay between calls.
+Here, in the repository root, once (wheel versions: the ones this project's venv runs)::
 
-    echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu/whl; cp ../shared/data/cifar10-jpeg.tar.gz .gpu/
-    P="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .gpu/whl"
-    python -m pip download $P ray==2.55.1 flwr==1.41.0 grpcio-health-checking cryptography cffi pycparser \\
-        pycryptodome iterators tomli tomli-w prompt-toolkit wcwidth sqlalchemy greenlet alembic mako \\
-        jsonschema jsonschema-specifications referencing rpds-py
-    # drop Ray's Java jar (34 MB unpacked; unused from Python) so everything fits
-    (cd .gpu/whl && mkdir r && cd r && unzip -q ../ray-*.whl && rm -r ray/jars && rm ../ray-*.whl \\
-        && zip -qr ../ray-2.55.1-cp312-cp312-manylinux2014_x86_64.whl . && cd .. && rm -r r); du -sh .gpu
+    printf '/.gpu/\n/.gpu-*/\n' >> .git/info/exclude; mkdir -p .gpu/a .gpu/b /tmp/ray-whl
+    cp ../shared/data/cifar10-jpeg.tar.gz .gpu/a/
+    P="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64"
+    python -m pip download $P -d /tmp/ray-whl ray==2.55.1
+    (mkdir /tmp/ray-whl/r && cd /tmp/ray-whl/r && unzip -q ../ray-*.whl \
+      && rm -r ray/jars ray/dashboard/client/build ray/rllib ray/tune ray/train ray/serve ray/data ray/llm \
+      && strip --strip-unneeded ray/_raylet.so ray/core/src/ray/raylet/raylet ray/core/src/ray/gcs/gcs_server \
+      && zip -q -9 -r "$OLDPWD/.gpu/a/ray-2.55.1-cp312-cp312-manylinux2014_x86_64.whl" .)
+    python -m pip download $P -d .gpu/b flwr==1.41.0 cryptography==50.0.2 cffi==2.1.1 pycryptodome==3.24.1 \
+      grpcio-health-checking==1.81.1 iterators==0.0.2 tomli==2.5.0 tomli-w==1.2.0 wcwidth==0.9.4 dill==0.4.1 \
+      sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 fastapi==0.138.2 starlette==1.3.1 pydantic==2.14.4 \
+      pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 jsonschema==4.26.0 \
+      jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
+    du -sh .gpu/a .gpu/b   # about 51 MB and 18 MB
 
-Then one device call, ``carry = [".gpu"]``, ``timeout_s = 540`` (about 6-7 minutes expected;
-the JSON comes back even if it runs out)::
+Call 1, ``carry = [".gpu/a"]``, ``timeout_s = 360`` (JPEG decoding, then 3 epochs)::
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl \\
-      && export PYTHONPATH=/tmp/site:$PWD FL_CEM_DATA=/tmp/data PYTHONUNBUFFERED=1 \\
-      && nvidia-smi -L && python3 benchmarks/gpu_epoch.py --data .gpu/cifar10-jpeg.tar.gz \\
-         --out $OUT/gpu_epoch.json 2>&1 | tee $OUT/log.txt
+    I="python3 -m pip install -q --no-index --no-deps --no-compile --target .gpu-site"; export PYTHONPATH=.gpu-site:$PWD FL_CEM_DATA=$PWD/.gpu-cache PYTHONUNBUFFERED=1; $I .gpu/a/*.whl && nvidia-smi -L && python3 benchmarks/gpu_epoch.py --data .gpu/a/cifar10-jpeg.tar.gz --clients --out .gpu-out/gpu_epoch.json 2>&1 | tee $OUT/log1.txt; cp .gpu-out/gpu_epoch.json $OUT/
 
-and commit ``gpu_epoch.json`` as ``benchmarks/results/gpu_epoch.json``. If an import fails there,
-the missing requirement is named in log.txt: add its wheel and call again.
+Call 2, at once, ``carry = [".gpu/b"]``, ``timeout_s = 420`` (N = 10, then N = 100, two rounds each)::
+
+    I="python3 -m pip install -q --no-index --no-deps --no-compile --target .gpu-site"; export PYTHONPATH=.gpu-site:$PWD FL_CEM_DATA=$PWD/.gpu-cache PYTHONUNBUFFERED=1; $I .gpu/b/*.whl && python3 benchmarks/gpu_epoch.py --data .gpu/a/cifar10-jpeg.tar.gz --epochs 0 --out .gpu-out/gpu_epoch.json 2>&1 | tee $OUT/log2.txt; cp .gpu-out/gpu_epoch.json $OUT/
+
+Commit the second call's ``gpu_epoch.json`` as ``benchmarks/results/gpu_epoch.json`` (the file at
+``--out`` is updated, so it holds both stages). If the machine went back between the calls,
+call 2 fails at once for want of ray: run call 1 again, then call 2. An import error names a
+requirement missing there: add its wheel to ``.gpu/b``.
 """
 
 from __future__ import annotations
@@ -117,19 +129,22 @@ def federated(base: dict[str, Any], clients: int, rounds: int) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(CIFAR_TARBALL), help="CIFAR-10 image folder or .tar.gz")
-    parser.add_argument("--epochs", type=int, default=3, help="centralized epochs timed (the first is warm-up)")
+    parser.add_argument("--epochs", type=int, default=3, help="centralized epochs timed (the first is warm-up); 0 skips the stage")
     parser.add_argument("--clients", type=int, nargs="*", default=[10, 100])
     parser.add_argument("--rounds", type=int, default=2, help="federated rounds (one local epoch each) per N")
     parser.add_argument("--smoke", action="store_true", help="a few batches of --data: checks the script, measures nothing")
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/gpu_epoch[_smoke].json)")
     args = parser.parse_args()
     out_path = Path(args.out) if args.out else RESULTS / f"gpu_epoch{'_smoke' if args.smoke else ''}.json"
-    out: dict[str, Any] = {"environment": gpu_environment(), "smoke": args.smoke, "setting": {**PAPER, **(SMOKE if args.smoke else {})}, "data": args.data}
+    # Stages not run keep what an earlier call measured (the two calls of a lent GPU)
+    out: dict[str, Any] = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    out |= {"environment": gpu_environment(), "smoke": args.smoke, "setting": {**PAPER, **(SMOKE if args.smoke else {})}, "data": Path(args.data).name}
     print(json.dumps(out["environment"]))
     with TemporaryDirectory() as tmp:
         base = {**out["setting"], "data.root": str(Path(args.data).resolve()), "run.output-dir": tmp}
-        out["centralized"] = centralized(base, args.epochs)
-        atomic_write_bytes(out_path, json.dumps(out, indent=2).encode())
+        if args.epochs > 0:
+            out["centralized"] = centralized(base, args.epochs)
+            atomic_write_bytes(out_path, json.dumps(out, indent=2).encode())
         for n in args.clients:
             out[f"federated_{n}"] = federated(base, n, args.rounds)
             atomic_write_bytes(out_path, json.dumps(out, indent=2).encode())
