@@ -10,8 +10,11 @@ actor given no GPU keeps the variable it inherited (here: unset, every GPU visib
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def probe() -> dict[str, object]:
@@ -28,7 +31,7 @@ def probe() -> dict[str, object]:
 def test_an_actor_given_no_gpu_resolves_auto_to_the_cpu() -> None:
     # Prepare: the trap's setting, on a fresh local Ray with one declared GPU
     ray = pytest.importorskip("ray")
-    env = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    env = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, runtime_env={"env_vars": env})
     try:
         Probe = ray.remote(num_cpus=0)(type("Probe", (), {"probe": lambda self: probe()}))
