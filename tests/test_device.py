@@ -21,11 +21,6 @@ from fl_cem.training.setup import build_client, build_model, build_server, resol
 
 WORKER_MODE, SCRIPT_MODE = 1, 0
 
-# The defenses that train a simulated adversary read host numbers every batch (``ModuleAdam``'s
-# step count for the warm-up, the adversary's loss for the log), which a meta tensor has none of.
-HOST_READS = {"arl", "noise_arl", "patrol", "ressfl"}
-
-
 def fake_gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     """Make torch report ``count`` CUDA devices."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
@@ -92,11 +87,15 @@ def test_auto_follows_the_gpus_ray_assigned(monkeypatch: pytest.MonkeyPatch, mod
     assert device == torch.device(expected)
 
 
-@pytest.mark.parametrize("defense", sorted(set(list_defenses()) - HOST_READS))
+@pytest.mark.parametrize("defense", list_defenses())
 def test_a_training_step_runs_on_the_meta_device(defense: str) -> None:
     # Prepare: the paper's model (VGG11 c2 + bottleneck) on meta; meta tensors have no data, so
-    # any CPU tensor meeting them in an op, or any .item()/.cpu() on them, raises
-    cfg = Config.from_flat({"model.arch": "vgg11", "model.cut": 2, "model.bottleneck": 8, "defense.name": defense, "noise.sigma": 0.025})
+    # any CPU tensor meeting them in an op, or any .item()/.cpu() on them, raises. Adversarial
+    # defenses play from the first step and PATROL prunes after it, so every branch runs.
+    cfg = Config.from_flat(
+        {"model.arch": "vgg11", "model.cut": 2, "model.bottleneck": 8, "defense.name": defense, "noise.sigma": 0.025,
+         "defense.adversary-warmup": 0, "defense.prune-step": 1}
+    )
     meta = torch.device("meta")
     model = build_model(cfg, (3, 32, 32), 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     client = build_client(cfg, model, 10, 128, meta, "federated")

@@ -104,7 +104,7 @@ class AdversarialDefense(Defense):
     @property
     def privacy_on(self) -> bool:
         """Whether the warm-up of the simulated adversary is over."""
-        return int(self.optimizer.steps) >= self.warmup
+        return self.optimizer.count >= self.warmup
 
     def client_loss(self, x: Tensor, z_hat: Tensor, z: Tensor, y: Tensor) -> Tensor | None:
         """``adversary-weight * privacy_term(A(features), x)`` with A frozen; ``None`` during warm-up."""
@@ -114,7 +114,7 @@ class AdversarialDefense(Defense):
             x_rec = self.adversary(z if self.plays_on_noisy else z_hat)
         return self.weight * self.privacy_term(x_rec, x)
 
-    def adversary_step(self, x: Tensor, z_hat: Tensor, z: Tensor) -> dict[str, float]:
+    def adversary_step(self, x: Tensor, z_hat: Tensor, z: Tensor) -> dict[str, Tensor]:
         """One Adam step of the simulated adversary on the game's features; returns its loss before the step."""
         was_training = self.adversary.training
         self.adversary.train()
@@ -123,7 +123,7 @@ class AdversarialDefense(Defense):
         loss.backward()
         self.optimizer.step()
         self.adversary.train(was_training)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     @torch.no_grad()
     def reconstruction_loss(self, x: Tensor, z: Tensor) -> Tensor:

@@ -59,7 +59,8 @@ class Defense(nn.Module):
         """Extra encoder loss computed on the client, or ``None``."""
         return None
 
-    def adversary_step(self, x: Tensor, z_hat: Tensor, z: Tensor) -> dict[str, float]:
-        """Train the defense's simulated adversary on this batch; return metrics to log."""
+    def adversary_step(self, x: Tensor, z_hat: Tensor, z: Tensor) -> dict[str, Tensor]:
+        """Train the defense's simulated adversary on this batch; return detached scalars to log
+        (tensors, not floats: reading a number from a GPU tensor waits for the device)."""
         return {}
 

@@ -37,17 +37,27 @@ class ModuleAdam(nn.Module):
             self.register_buffer(f"exp_avg_{i}", torch.zeros_like(p))
             self.register_buffer(f"exp_avg_sq_{i}", torch.zeros_like(p))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.count = 0
+        """``steps`` on the host: the bias correction and the defenses' schedules read it every
+        step, and reading the buffer on a GPU would wait for the device each time."""
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop the gradients of the optimised parameters (always set to ``None``)."""
         for p in self.params:
             p.grad = None
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        """Load the buffers, and the host step count from the loaded (usually CPU) ``steps``."""
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
+        if prefix + "steps" in state_dict:
+            self.count = int(state_dict[prefix + "steps"])
+
     @torch.no_grad()
     def step(self) -> None:
         """One Adam update of every parameter that has a gradient."""
-        self.steps += 1
-        t = int(self.steps)
+        self.count += 1
+        self.steps.fill_(self.count)
+        t = self.count
         beta1, beta2 = self.betas
         step_size = self.lr / (1 - beta1**t)
         root_correction = math.sqrt(1 - beta2**t)

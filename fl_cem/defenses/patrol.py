@@ -152,9 +152,13 @@ class Patrol(ResSFL):
                 conv.weight_mask.copy_(mask)
         self.pruned.fill_(True)
 
-    def adversary_step(self, x: Tensor, z_hat: Tensor, z: Tensor) -> dict[str, float]:
-        """The adversary's step, then pruning once ``defense.prune-step`` client steps are done."""
+    def adversary_step(self, x: Tensor, z_hat: Tensor, z: Tensor) -> dict[str, Tensor]:
+        """The adversary's step, then pruning once ``defense.prune-step`` client steps are done.
+
+        The count rises by one per step, so it equals ``prune-step`` exactly once; a run resumed
+        after that step restores ``pruned`` and the masks instead.
+        """
         metrics = super().adversary_step(x, z_hat, z)
-        if not bool(self.pruned) and int(self.optimizer.steps) >= self.prune_step:
+        if self.optimizer.count == self.prune_step:
             self.prune()
         return metrics

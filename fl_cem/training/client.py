@@ -196,5 +196,5 @@ class Client:
         loss.backward()
         self.optimizer.step()
         for key, value in self.defense.adversary_step(x, z_hat.detach(), z.detach()).items():
-            metrics[f"adversary_{key}"] = torch.tensor(value)
+            metrics[f"adversary_{key}"] = value
         return metrics
