@@ -1,7 +1,10 @@
 """Attack a finished run: ``fl-cem attack --run runs/<name> --attack decoder --mode train``.
 
-The victim is the client encoder of the run (white-box, Sec. 3.1): the centralized model, or a
-federated client's final encoder. Targets are
+The victim is the client encoder of the run: the centralized model, or a federated client's
+final encoder. A white-box attack (Sec. 3.1) gets its smashing function; a black-box one
+(``fora``, ``unsplit``) gets only the public design (:mod:`fl_cem.attacks.design`), the
+auxiliary images and the targets' smashed data, which the victim's own code puts on the wire
+here. Targets are
 
 - ``train`` mode of a federated run with a recording: the smashed data the curious server
   actually received in the last round (``intercept/intercept.pt``), scored against the images
@@ -26,6 +29,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from fl_cem.attacks.base import Threat
+from fl_cem.attacks.design import public_design
 from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, limit_aux, make_attack, run_attack, split_images
 from fl_cem.attacks.metrics import bound_fields, save_comparison
 from fl_cem.cem.bound import gaussian_entropy, swap_entropy
@@ -33,6 +38,7 @@ from fl_cem.config import Config
 from fl_cem.data import DataSplits, load_splits
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.wire import from_bytes
+from fl_cem.registry import get_attack
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import EpochProgress
 from fl_cem.reporting.run_dir import RunDir, failure_reason, refuse_other_kind
@@ -148,7 +154,10 @@ def attack_run(
                 aux, targets = split_images(mode, train_images, test_images, cfg.run.seed, cfg.attack.holdout)
                 target_z, source = None, "smashed"
             aux = limit_aux(aux, cfg.attack.aux_limit, cfg.run.seed)
-            model = make_attack(cfg.attack, victim.smash(cfg.run.seed), splits.shape, victim.client.smashed_shape(splits.shape), device, cfg.run.seed)
+            # a black-box attacker gets the client's public design, never its smashing function
+            black_box = get_attack(attack).threat is Threat.BLACK_BOX
+            access = public_design(cfg, splits.shape, splits.num_classes, splits.mean, splits.std, device) if black_box else victim.smash(cfg.run.seed)
+            model = make_attack(cfg.attack, access, splits.shape, victim.client.smashed_shape(splits.shape), device, cfg.run.seed)
             epochs = getattr(model, "epochs", 0)
             tag = f"{attack}_{mode}" + (f"_client{victim.federated.partition_id}" if victim.federated else "")
             position = f" ({len(outcomes) + 1}/{len(victims)})" if len(victims) > 1 else ""
@@ -159,7 +168,7 @@ def attack_run(
                 board.scalars(f"attack_{tag}", metrics, epoch)
 
             try:
-                result = run_attack(model, aux, targets, target_z, on_epoch=on_epoch)
+                result = run_attack(model, aux, targets, target_z, on_epoch=on_epoch, wire=victim.smash(cfg.run.seed) if black_box else None)
             except BaseException as err:
                 results = run.read_results()
                 failed = {"attack": attack, "mode": mode, "victim": victim.name, "status": "failed", "reason": failure_reason(err)}
@@ -177,8 +186,10 @@ def attack_run(
                 "mode": mode,
                 "victim": victim.name,
                 "status": "finished",
+                "threat": str(model.threat),
                 "target_source": source,
-                "targets": len(targets),
+                "targets": result.scored,
+                "targets_offered": len(targets),
                 "aux": len(aux),
                 "epochs": epochs,
                 "metrics": result.metrics,
