@@ -85,7 +85,7 @@ def test_unsplit_refuses_to_invert_observations_it_was_not_fitted_on() -> None:
     # Prepare
     attack = make_attack(AttackConfig(name="unsplit", unsplit_rounds=1, unsplit_input_steps=1, unsplit_model_steps=1), conv_design(), INPUT, SMASHED, CPU)
     z = space_to_depth()(blobs(8))
-    attack.fit(blobs(16), z)  # type: ignore[call-arg]
+    attack.fit(blobs(16), z)
 
     # Execute / Assert
     assert attack.invert(z).shape == (8, *INPUT)

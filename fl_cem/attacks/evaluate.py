@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -93,6 +94,18 @@ def limit_aux(aux: Tensor, limit: int, seed: int) -> Tensor:
         return aux
     keep = torch.randperm(len(aux), generator=torch.Generator().manual_seed(seed + 7919))[:limit]
     return aux[keep.sort().values.to(aux.device)]
+
+
+@overload
+def make_attack(
+    cfg: AttackConfig, access: PublicDesign, input_shape: tuple[int, int, int], smashed_shape: tuple[int, int, int], device: torch.device, seed: int = 0
+) -> BlackBoxAttack: ...
+
+
+@overload
+def make_attack(
+    cfg: AttackConfig, access: SmashFn, input_shape: tuple[int, int, int], smashed_shape: tuple[int, int, int], device: torch.device, seed: int = 0
+) -> WhiteBoxAttack: ...
 
 
 def make_attack(
