@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from fl_cem.attacks.base import BlackBoxAttack, PublicDesign, Threat
 from fl_cem.attacks.evaluate import make_attack, run_attack
 from fl_cem.attacks.fora import KERNEL_SCALES, mk_mmd
-from fl_cem.attacks.run import attack_run
+from fl_cem.attacks.run import Victim, attack_run
 from fl_cem.config import AttackConfig, Config
 from fl_cem.registry import get_attack, list_attacks
 from fl_cem.reporting.run_dir import RunDir
@@ -176,3 +176,92 @@ def test_mk_mmd_is_zero_for_equal_batches_and_matches_a_hand_computed_pair() -> 
     assert mk_mmd(source, target).item() == pytest.approx(expected)
     batch = torch.randn(8, 5)
     assert mk_mmd(batch, batch.clone()).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _record_the_wire(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Tensor], dict[str, Any]]:
+    """Log every image the victim smashes, and what FORA's fit receives (fit and inversion stubbed out)."""
+    sent: list[Tensor] = []
+    fitted: dict[str, Any] = {}
+    smash = Victim.smash
+
+    def logged_smash(self: Victim, seed: int) -> Callable[[Tensor], Tensor]:
+        wire = smash(self, seed)
+
+        def send(x: Tensor) -> Tensor:
+            sent.append(x.detach().cpu().clone())
+            return wire(x)
+
+        return send
+
+    def fit(self: Any, aux_images: Tensor, observed: Tensor, on_epoch: Any = None, intercepted: Tensor | None = None) -> dict[str, float]:
+        fitted.update(aux=aux_images.cpu(), observed=len(observed), intercepted=0 if intercepted is None else len(intercepted))
+        return {}
+
+    monkeypatch.setattr(Victim, "smash", logged_smash)
+    monkeypatch.setattr(get_attack("fora"), "fit", fit)
+    monkeypatch.setattr(get_attack("fora"), "invert", lambda self, z: torch.zeros(len(z), *self.input_shape))
+    return sent, fitted
+
+
+def _rows(images: Tensor) -> set[bytes]:
+    """Each image as bytes, to compare image sets exactly."""
+    return {row.numpy().tobytes() for row in images.flatten(1)}
+
+
+def test_train_mode_fits_fora_on_every_image_the_client_sent_but_never_on_an_aux_image(
+    tiny: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: 270 training images; 27 held-out targets; aux capped at 100, so 143 more were sent unseen
+    cfg = tiny(**{"train.epochs": 1})
+    train_centralized(cfg, log=lambda _: None)
+    sent, fitted = _record_the_wire(monkeypatch)
+
+    # Execute
+    outcome = attack_run(str(RunDir.for_config(cfg).root), "fora", "train", overrides={"attack.aux-limit": 100}, log=lambda _: None)[0]
+
+    # Assert: targets + the rest of the training split outside aux, all of it, and no aux image
+    on_the_wire = torch.cat(sent)
+    assert outcome["aux"] == 100 and outcome["targets"] == 27
+    assert fitted["observed"] == 27 and fitted["intercepted"] == 270 - 100 - 27
+    assert outcome["intercepted"] == len(on_the_wire) == 270 - 100
+    assert len(_rows(on_the_wire)) == 170 and not _rows(on_the_wire) & _rows(fitted["aux"])
+
+
+def test_infer_mode_fits_fora_on_the_deployed_queries_only(tiny: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: 100 test images, half of them the attacker's, the other half the client's queries
+    cfg = tiny(**{"train.epochs": 1})
+    train_centralized(cfg, log=lambda _: None)
+    sent, fitted = _record_the_wire(monkeypatch)
+
+    # Execute
+    outcome = attack_run(str(RunDir.for_config(cfg).root), "fora", "infer", log=lambda _: None)[0]
+
+    # Assert
+    assert fitted["observed"] == outcome["targets"] == 50 and fitted["intercepted"] == 0
+    assert outcome["intercepted"] == len(torch.cat(sent)) == 50
+    assert not _rows(torch.cat(sent)) & _rows(fitted["aux"])
+
+
+def test_run_attack_passes_intercepted_rows_only_to_attacks_that_fit_them() -> None:
+    # Prepare: FORA fits intercepted rows, UnSplit does not; a wire that counts what it smashes
+    images = blobs(96)
+    smashed: list[int] = []
+
+    def wire(x: Tensor) -> Tensor:
+        smashed.append(len(x))
+        return space_to_depth()(x)
+
+    fast = {"fora_epochs": 1, "epochs": 1, "unsplit_rounds": 1, "unsplit_input_steps": 1, "unsplit_model_steps": 1}
+    fora = make_attack(AttackConfig(name="fora", **fast), conv_design(), INPUT, SMASHED, CPU)
+    unsplit = make_attack(AttackConfig(name="unsplit", **fast), conv_design(), INPUT, SMASHED, CPU)
+
+    # Execute
+    with_rows = run_attack(fora, images[:32], images[32:48], wire=wire, intercepted_images=images[48:])
+    smashed_for_fora = sum(smashed)
+    without = run_attack(unsplit, images[:32], images[32:48], wire=wire, intercepted_images=images[48:])
+
+    # Assert: 16 targets + 48 further rows for FORA; UnSplit's 16 targets only, the rest never smashed
+    assert with_rows.intercepted == smashed_for_fora == 64
+    assert without.intercepted == sum(smashed) - smashed_for_fora == 16
+    with pytest.raises(ValueError, match="white-box"):
+        run_attack(make_attack(AttackConfig(name="decoder", epochs=1), space_to_depth(), INPUT, SMASHED, CPU), images[:32], images[32:48], intercepted_images=images[48:])

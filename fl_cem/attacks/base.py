@@ -103,6 +103,9 @@ class BlackBoxAttack(Attack):
     """Base class of black-box attacks: no smashing function, only the client's public design."""
 
     threat = Threat.BLACK_BOX
+    fits_intercepted: ClassVar[bool] = False
+    """Whether :meth:`fit` learns from intercepted smashed data beyond the targets' (FORA matches
+    their distribution); the harness smashes and passes such rows only to attacks that use them."""
 
     def __init__(
         self,
@@ -117,6 +120,13 @@ class BlackBoxAttack(Attack):
         self.design = design
         self.setup()
 
-    def fit(self, aux_images: Tensor, intercepted: Tensor, on_epoch: EpochCallback | None = None) -> dict[str, float]:
-        """Learn from auxiliary images and the intercepted smashed data (N, c, h, w); returns final metrics."""
+    def fit(
+        self, aux_images: Tensor, observed: Tensor, on_epoch: EpochCallback | None = None, intercepted: Tensor | None = None
+    ) -> dict[str, float]:
+        """Learn from auxiliary images and smashed data; returns final metrics.
+
+        ``observed`` (N, c, h, w) is the targets' smashed data, the rows :meth:`invert` is then
+        called on; ``intercepted`` (M, c, h, w), for :attr:`fits_intercepted` attacks, is what else
+        the server received from the client, of images the attacker does not hold.
+        """
         raise NotImplementedError

@@ -88,12 +88,28 @@ def split_images(
     return aux, targets
 
 
+def split_aux(aux: Tensor, limit: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded sample of at most ``limit`` auxiliary images (``limit`` 0: all of them), and the rest.
+
+    The rest are images the client sent that the attacker does not hold: a black-box attacker
+    intercepts their smashed data without the images (:func:`run_attack`'s ``intercepted_images``).
+
+    Returns
+    -------
+    tuple[Tensor, Tensor]
+        ``(kept, left_out)``, each in the original order; ``left_out`` is empty without a limit.
+    """
+    keep = torch.ones(len(aux), dtype=torch.bool)
+    if limit and len(aux) > limit:
+        keep[:] = False
+        keep[torch.randperm(len(aux), generator=torch.Generator().manual_seed(seed + 7919))[:limit]] = True
+    keep = keep.to(aux.device)
+    return aux[keep], aux[~keep]
+
+
 def limit_aux(aux: Tensor, limit: int, seed: int) -> Tensor:
-    """A seeded sample of at most ``limit`` auxiliary images (``limit`` 0: all of them)."""
-    if not limit or len(aux) <= limit:
-        return aux
-    keep = torch.randperm(len(aux), generator=torch.Generator().manual_seed(seed + 7919))[:limit]
-    return aux[keep.sort().values.to(aux.device)]
+    """The auxiliary images :func:`split_aux` keeps."""
+    return split_aux(aux, limit, seed)[0]
 
 
 @overload
@@ -151,6 +167,9 @@ class AttackResult:
     """The attack's final training metrics (empty for ``rmle``)."""
     scored: int
     """How many targets were reconstructed and scored (fewer than offered when the attack caps them)."""
+    intercepted: int
+    """Rows of intercepted smashed data a black-box attack fitted on (the scored targets' and
+    :attr:`BlackBoxAttack.fits_intercepted` attacks' further rows); 0 for a white-box attack."""
     originals: Tensor
     """The first targets (CPU, [0, 1])."""
     reconstructions: Tensor
@@ -169,6 +188,8 @@ def run_attack(
     on_epoch: EpochCallback | None = None,
     keep: int = 16,
     wire: SmashFn | None = None,
+    intercepted_images: Tensor | None = None,
+    intercepted_z: Tensor | None = None,
 ) -> AttackResult:
     """Fit ``attack`` on the auxiliary images, reconstruct the targets and score the reconstructions.
 
@@ -192,6 +213,11 @@ def run_attack(
     wire : callable, optional
         The client's smashing function, standing in for the client that sends the targets'
         smashed data; only this harness calls it, a black-box attack sees only its output.
+    intercepted_images, intercepted_z : Tensor, optional
+        Black-box attacks only: further images the client sent, outside ``aux_images`` and the
+        targets, whose smashed data a curious server intercepts without the images (put on the
+        wire here by ``wire``), or such smashed data as recorded. An attack with
+        :attr:`BlackBoxAttack.fits_intercepted` fits on them with the targets' rows; none is scored.
 
     Returns
     -------
@@ -207,15 +233,29 @@ def run_attack(
         targets = targets[: attack.max_targets]
         target_z = None if target_z is None else target_z[: attack.max_targets]
     if isinstance(attack, BlackBoxAttack):
-        if target_z is None:
-            if wire is None:
-                raise ValueError(f"black-box attack {attack.name!r} needs the targets' smashed data: pass target_z or wire")
-            target_z = _on_the_wire(wire, targets, attack)
-        fit_metrics = attack.fit(aux, target_z.to(device).float(), on_epoch)
+        if intercepted_images is not None and intercepted_z is not None:
+            raise ValueError("pass intercepted_images or intercepted_z, not both")
+        if not attack.fits_intercepted:
+            intercepted_images = intercepted_z = None
+        if intercepted_images is not None and not len(intercepted_images):
+            intercepted_images = None  # nothing beyond the targets was sent (no aux-limit)
+        # one seeded pass, targets first: their noise draws do not depend on what else is sent
+        unsent = ([targets] if target_z is None else []) + ([intercepted_images] if intercepted_images is not None else [])
+        if unsent and wire is None:
+            raise ValueError(f"black-box attack {attack.name!r} needs the targets' smashed data: pass target_z or wire")
+        sent = _on_the_wire(wire, attack, *unsent) if wire is not None and unsent else []
+        target_z = sent.pop(0) if target_z is None else target_z
+        intercepted_z = sent.pop(0) if intercepted_images is not None else intercepted_z
+        further = None if intercepted_z is None else intercepted_z.to(device).float()
+        fit_metrics = attack.fit(aux, target_z.to(device).float(), on_epoch, further)
+        intercepted = len(target_z) + (0 if further is None else len(further))
     elif isinstance(attack, WhiteBoxAttack):
+        if intercepted_images is not None or intercepted_z is not None:
+            raise ValueError(f"white-box attack {attack.name!r} smashes its own images: intercepted data is for black-box attacks")
         fit_metrics = attack.fit(aux, on_epoch)
         if target_z is None:
-            target_z = _on_the_wire(attack.smash, targets, attack)
+            target_z = _on_the_wire(attack.smash, attack, targets)[0]
+        intercepted = 0
     else:
         raise TypeError(f"attack {attack.name!r} is neither a WhiteBoxAttack nor a BlackBoxAttack")
     reconstructions = attack.invert(target_z)
@@ -226,12 +266,13 @@ def run_attack(
         metrics=metrics,
         fit_metrics=fit_metrics,
         scored=len(targets),
+        intercepted=intercepted,
         originals=targets[:keep].cpu(),
         reconstructions=reconstructions[:keep].cpu(),
     )
 
 
-def _on_the_wire(smash: SmashFn, targets: Tensor, attack: Attack) -> Tensor:
-    """The targets' smashed data, noise seeded apart from the attack's own draws."""
+def _on_the_wire(smash: SmashFn, attack: Attack, *images: Tensor) -> list[Tensor]:
+    """Smashed data of each image batch in turn, noise seeded apart from the attack's own draws."""
     with seeded(attack.seed, Stream.WIRE, attack.device):
-        return map_batches(smash, targets, attack.cfg.batch_size, attack.device)
+        return [map_batches(smash, x, attack.cfg.batch_size, attack.device) for x in images]

@@ -70,6 +70,8 @@ def mk_mmd(source: Tensor, target: Tensor, scales: tuple[float, ...] = KERNEL_SC
 class ForaAttack(BlackBoxAttack):
     """Substitute encoder matched to the intercepted features (MK-MMD + critic), then a decoder trained on it."""
 
+    fits_intercepted = True
+
     def setup(self) -> None:
         with seeded(self.seed, Stream.CRITIC_INIT, self.device):
             self.substitute = self.design.encoder().to(self.device)
@@ -86,18 +88,24 @@ class ForaAttack(BlackBoxAttack):
         z = self.substitute(x)
         return z + self.design.sigma * torch.randn_like(z) if self.design.sigma > 0 else z
 
-    def fit(self, aux_images: Tensor, intercepted: Tensor, on_epoch: EpochCallback | None = None) -> dict[str, float]:
-        """Match the substitute to ``intercepted``, then train the decoder on it.
+    def fit(
+        self, aux_images: Tensor, observed: Tensor, on_epoch: EpochCallback | None = None, intercepted: Tensor | None = None
+    ) -> dict[str, float]:
+        """Match the substitute to all the smashed data intercepted, then train the decoder on it.
 
         Parameters
         ----------
         aux_images : Tensor
             Auxiliary images (N, C, H, W), float in [0, 1] or uint8.
-        intercepted : Tensor
-            Smashed data the server received (M, c, h, w); no images come with it.
+        observed : Tensor
+            The targets' smashed data (M, c, h, w); no images come with it.
         on_epoch : callable, optional
             Called after each epoch of both stages, numbered on from 1: ``mmd``, ``critic_loss``
             and ``wasserstein`` while the substitute trains, then the decoder's metrics.
+        intercepted : Tensor, optional
+            Further smashed data of the client's (K, c, h, w), of images outside ``aux_images``:
+            the distribution to match is that of all ``M + K`` rows, as FORA's server matches
+            what it intercepts over a whole training run.
 
         Returns
         -------
@@ -105,7 +113,7 @@ class ForaAttack(BlackBoxAttack):
             The last substitute epoch's metrics and the inversion stage's (see :meth:`DecoderAttack.fit`).
         """
         images = as_images(aux_images, self.device)
-        real = intercepted.to(self.device).float()
+        real = torch.cat([observed, *([] if intercepted is None else [intercepted])]).to(self.device).float()
         optimizer = torch.optim.Adam(self.substitute.parameters(), lr=self.cfg.fora_lr, betas=ADAM_BETAS)
         critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.cfg.fora_critic_lr, betas=ADAM_BETAS)
         metrics: dict[str, float] = {}

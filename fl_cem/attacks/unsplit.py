@@ -52,27 +52,32 @@ class UnsplitAttack(BlackBoxAttack):
         """Rounds of alternation (``attack.unsplit-rounds``), each reported as an epoch."""
         return self.cfg.unsplit_rounds
 
-    def fit(self, aux_images: Tensor, intercepted: Tensor, on_epoch: EpochCallback | None = None) -> dict[str, float]:
+    def fit(
+        self, aux_images: Tensor, observed: Tensor, on_epoch: EpochCallback | None = None, intercepted: Tensor | None = None
+    ) -> dict[str, float]:
         """Jointly optimise the surrogate and one image per intercepted observation.
 
         Parameters
         ----------
         aux_images : Tensor
             Auxiliary images (N, C, H, W); only their mean is used, as the starting image.
-        intercepted : Tensor
+        observed : Tensor
             The observations to invert (M, c, h, w), at most ``attack.unsplit-targets`` of them.
         on_epoch : callable, optional
             Called after each round with ``feature_mse`` (per element, the last image step's)
             and ``tv`` (mean over the images).
+        intercepted : Tensor, optional
+            Not used (``fits_intercepted`` is False): every row UnSplit fits costs an image to
+            optimise, so it fits only the observations it reconstructs.
 
         Returns
         -------
         dict[str, float]
             The last round's ``feature_mse`` and ``tv``.
         """
-        if len(intercepted) > self.max_targets:
-            raise ValueError(f"unsplit reconstructs at most attack.unsplit-targets = {self.max_targets} observations; got {len(intercepted)}")
-        z = intercepted.to(self.device).float()
+        if len(observed) > self.max_targets:
+            raise ValueError(f"unsplit reconstructs at most attack.unsplit-targets = {self.max_targets} observations; got {len(observed)}")
+        z = observed.to(self.device).float()
         start = as_images(aux_images, self.device).mean(dim=0)
         x = start.expand(len(z), *self.input_shape).clone().requires_grad_(True)
         image_optimizer = torch.optim.Adam([x], lr=self.cfg.unsplit_lr)
