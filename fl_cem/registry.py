@@ -70,7 +70,13 @@ DEFENSES: Registry["Defense"] = Registry(
 
 ATTACKS: Registry["Attack"] = Registry(
     "attack",
-    {"decoder": "fl_cem.attacks.decoder", "gan": "fl_cem.attacks.gan", "rmle": "fl_cem.attacks.rmle"},
+    {
+        "decoder": "fl_cem.attacks.decoder",
+        "gan": "fl_cem.attacks.gan",
+        "rmle": "fl_cem.attacks.rmle",
+        "fora": "fl_cem.attacks.fora",
+        "unsplit": "fl_cem.attacks.unsplit",
+    },
 )
 """``attack.name`` values and the modules that define them."""
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fl_cem.attacks.gan import gradient_penalty
-from fl_cem.attacks.networks import critic, decoding_network, upsampling_steps
+from fl_cem.attacks.networks import critic, decoding_network, feature_critic, upsampling_steps
 from fl_cem.attacks.rmle import total_variation
 
 
@@ -107,3 +107,15 @@ def test_every_named_inversion_network_maps_smashed_data_to_images() -> None:
     for build in INVERSION_NETWORKS.values():
         out = build((8, 8, 8), (3, 32, 32))(torch.rand(2, 8, 8, 8))
         assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+
+
+@pytest.mark.parametrize("smashed_shape", [(8, 8, 8), (4, 2, 2), (16, 1, 1), (8, 16, 16)])
+def test_feature_critic_scores_each_smashed_sample_once(smashed_shape: tuple[int, int, int]) -> None:
+    # Prepare: maps from 1x1 (deep cuts on small images) to 16x16
+    score = feature_critic(smashed_shape)
+
+    # Execute
+    out = score(torch.randn(3, *smashed_shape))
+
+    # Assert
+    assert out.shape == (3,)

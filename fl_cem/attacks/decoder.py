@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fl_cem.attacks.base import Attack
+from fl_cem.attacks.base import WhiteBoxAttack
 from fl_cem.attacks.common import EpochCallback, Stream, as_images, map_batches, seeded, shuffled_batches
 from fl_cem.attacks.networks import INVERSION_NETWORKS
 from fl_cem.registry import register_attack
@@ -30,7 +30,7 @@ COSINE_FLOOR = 1e-5
 
 
 @register_attack("decoder")
-class DecoderAttack(Attack):
+class DecoderAttack(WhiteBoxAttack):
     """Learned inverse z -> x trained with Adam on the pixel MSE, 50 epochs (paper S.9).
 
     The default optimiser is the CEM authors' (Adam 1e-3, weight decay 1e-4, cosine to 1e-5),

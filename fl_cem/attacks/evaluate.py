@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 from torch import Tensor
 
-from fl_cem.attacks.base import Attack, SmashFn
+from fl_cem.attacks.base import Attack, BlackBoxAttack, PublicDesign, SmashFn, WhiteBoxAttack
 from fl_cem.attacks.common import EpochCallback, Stream, as_images, map_batches, seeded
 from fl_cem.attacks.metrics import comparison_grid, mean_guess_mse, reconstruction_metrics
 from fl_cem.registry import get_attack
@@ -87,24 +88,61 @@ def split_images(
     return aux, targets
 
 
+def split_aux(aux: Tensor, limit: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded sample of at most ``limit`` auxiliary images (``limit`` 0: all of them), and the rest.
+
+    The rest are images the client sent that the attacker does not hold: a black-box attacker
+    intercepts their smashed data without the images (:func:`run_attack`'s ``intercepted_images``).
+
+    Returns
+    -------
+    tuple[Tensor, Tensor]
+        ``(kept, left_out)``, each in the original order; ``left_out`` is empty without a limit.
+    """
+    keep = torch.ones(len(aux), dtype=torch.bool)
+    if limit and len(aux) > limit:
+        keep[:] = False
+        keep[torch.randperm(len(aux), generator=torch.Generator().manual_seed(seed + 7919))[:limit]] = True
+    keep = keep.to(aux.device)
+    return aux[keep], aux[~keep]
+
+
 def limit_aux(aux: Tensor, limit: int, seed: int) -> Tensor:
-    """A seeded sample of at most ``limit`` auxiliary images (``limit`` 0: all of them)."""
-    if not limit or len(aux) <= limit:
-        return aux
-    keep = torch.randperm(len(aux), generator=torch.Generator().manual_seed(seed + 7919))[:limit]
-    return aux[keep.sort().values.to(aux.device)]
+    """The auxiliary images :func:`split_aux` keeps."""
+    return split_aux(aux, limit, seed)[0]
+
+
+@overload
+def make_attack(
+    cfg: AttackConfig, access: PublicDesign, input_shape: tuple[int, int, int], smashed_shape: tuple[int, int, int], device: torch.device, seed: int = 0
+) -> BlackBoxAttack: ...
+
+
+@overload
+def make_attack(
+    cfg: AttackConfig, access: SmashFn, input_shape: tuple[int, int, int], smashed_shape: tuple[int, int, int], device: torch.device, seed: int = 0
+) -> WhiteBoxAttack: ...
 
 
 def make_attack(
     cfg: AttackConfig,
-    smash: SmashFn,
+    access: SmashFn | PublicDesign,
     input_shape: tuple[int, int, int],
     smashed_shape: tuple[int, int, int],
     device: torch.device,
     seed: int = 0,
 ) -> Attack:
-    """The attack ``cfg.name`` from the registry, built for the given shapes and device."""
-    return get_attack(cfg.name)(cfg, smash, input_shape, smashed_shape, device, seed)
+    """The attack ``cfg.name`` from the registry, built for the given shapes and device.
+
+    ``access`` is what the attacker knows of the client: its smashing function for a white-box
+    attack, its :class:`PublicDesign` for a black-box one. Handing a black-box attack the
+    smashing function is refused here, so no black-box figure can come from the client's weights.
+    """
+    cls = get_attack(cfg.name)
+    if issubclass(cls, BlackBoxAttack) != isinstance(access, PublicDesign):
+        wanted = "the client's PublicDesign" if issubclass(cls, BlackBoxAttack) else "the client's smashing function"
+        raise TypeError(f"attack {cfg.name!r} is {cls.threat}: it takes {wanted}, got {type(access).__name__}")
+    return cls(cfg, access, input_shape, smashed_shape, device, seed)  # type: ignore[call-arg, arg-type]
 
 
 MEAN_IMAGE_MARGIN = 0.9
@@ -127,6 +165,11 @@ class AttackResult:
     """On the targets: ``mse``, ``psnr``, ``ssim`` and ``mse_mean_guess`` (the no-information baseline)."""
     fit_metrics: dict[str, float]
     """The attack's final training metrics (empty for ``rmle``)."""
+    scored: int
+    """How many targets were reconstructed and scored (fewer than offered when the attack caps them)."""
+    intercepted: int
+    """Rows of intercepted smashed data a black-box attack fitted on (the scored targets' and
+    :attr:`BlackBoxAttack.fits_intercepted` attacks' further rows); 0 for a white-box attack."""
     originals: Tensor
     """The first targets (CPU, [0, 1])."""
     reconstructions: Tensor
@@ -144,6 +187,9 @@ def run_attack(
     target_z: Tensor | None = None,
     on_epoch: EpochCallback | None = None,
     keep: int = 16,
+    wire: SmashFn | None = None,
+    intercepted_images: Tensor | None = None,
+    intercepted_z: Tensor | None = None,
 ) -> AttackResult:
     """Fit ``attack`` on the auxiliary images, reconstruct the targets and score the reconstructions.
 
@@ -154,30 +200,64 @@ def run_attack(
     aux_images : Tensor
         The attacker's images (N, C, H, W), float in [0, 1] or uint8.
     target_images : Tensor
-        The images whose leakage is measured; never in ``aux_images``.
+        The images whose leakage is measured; never in ``aux_images``. An attack with
+        :attr:`Attack.max_targets` scores the first that many.
     target_z : Tensor, optional
         Smashed data of ``target_images`` as recorded on the wire (federated path), row for row.
-        When omitted, the targets are smashed here with ``attack.smash``, noise included.
+        When omitted, the targets are put on the wire here, noise included: by a white-box
+        attack's own smashing function, or by ``wire`` for a black-box attack.
     on_epoch : callable, optional
-        Passed to :meth:`Attack.fit` for progress bars and TensorBoard.
+        Passed to the attack's ``fit`` for progress bars and TensorBoard.
     keep : int
         How many targets and reconstructions to keep for grids.
+    wire : callable, optional
+        The client's smashing function, standing in for the client that sends the targets'
+        smashed data; only this harness calls it, a black-box attack sees only its output.
+    intercepted_images, intercepted_z : Tensor, optional
+        Black-box attacks only: further images the client sent, outside ``aux_images`` and the
+        targets, whose smashed data a curious server intercepts without the images (put on the
+        wire here by ``wire``), or such smashed data as recorded. An attack with
+        :attr:`BlackBoxAttack.fits_intercepted` fits on them with the targets' rows; none is scored.
 
     Returns
     -------
     AttackResult
-        Metrics on all targets and the first ``keep`` image pairs.
+        Metrics on all scored targets and the first ``keep`` image pairs.
     """
     device = attack.device
     aux = as_images(aux_images, device)
     targets = as_images(target_images, device)
     if target_z is not None and len(target_z) != len(targets):
         raise ValueError(f"target_z has {len(target_z)} rows but there are {len(targets)} target images")
-    fit_metrics = attack.fit(aux, on_epoch)
-    if target_z is None:
-        # the wire's noise on the targets, seeded apart from the attack's own draws
-        with seeded(attack.seed, Stream.WIRE, device):
-            target_z = map_batches(attack.smash, targets, attack.cfg.batch_size, device)
+    if attack.max_targets:
+        targets = targets[: attack.max_targets]
+        target_z = None if target_z is None else target_z[: attack.max_targets]
+    if isinstance(attack, BlackBoxAttack):
+        if intercepted_images is not None and intercepted_z is not None:
+            raise ValueError("pass intercepted_images or intercepted_z, not both")
+        if not attack.fits_intercepted:
+            intercepted_images = intercepted_z = None
+        if intercepted_images is not None and not len(intercepted_images):
+            intercepted_images = None  # nothing beyond the targets was sent (no aux-limit)
+        # one seeded pass, targets first: their noise draws do not depend on what else is sent
+        unsent = ([targets] if target_z is None else []) + ([intercepted_images] if intercepted_images is not None else [])
+        if unsent and wire is None:
+            raise ValueError(f"black-box attack {attack.name!r} needs the targets' smashed data: pass target_z or wire")
+        sent = _on_the_wire(wire, attack, *unsent) if wire is not None and unsent else []
+        target_z = sent.pop(0) if target_z is None else target_z
+        intercepted_z = sent.pop(0) if intercepted_images is not None else intercepted_z
+        further = None if intercepted_z is None else intercepted_z.to(device).float()
+        fit_metrics = attack.fit(aux, target_z.to(device).float(), on_epoch, further)
+        intercepted = len(target_z) + (0 if further is None else len(further))
+    elif isinstance(attack, WhiteBoxAttack):
+        if intercepted_images is not None or intercepted_z is not None:
+            raise ValueError(f"white-box attack {attack.name!r} smashes its own images: intercepted data is for black-box attacks")
+        fit_metrics = attack.fit(aux, on_epoch)
+        if target_z is None:
+            target_z = _on_the_wire(attack.smash, attack, targets)[0]
+        intercepted = 0
+    else:
+        raise TypeError(f"attack {attack.name!r} is neither a WhiteBoxAttack nor a BlackBoxAttack")
     reconstructions = attack.invert(target_z)
     metrics = reconstruction_metrics(reconstructions, targets)
     metrics["mse_mean_guess"] = mean_guess_mse(aux, targets)
@@ -185,6 +265,14 @@ def run_attack(
     return AttackResult(
         metrics=metrics,
         fit_metrics=fit_metrics,
+        scored=len(targets),
+        intercepted=intercepted,
         originals=targets[:keep].cpu(),
         reconstructions=reconstructions[:keep].cpu(),
     )
+
+
+def _on_the_wire(smash: SmashFn, attack: Attack, *images: Tensor) -> list[Tensor]:
+    """Smashed data of each image batch in turn, noise seeded apart from the attack's own draws."""
+    with seeded(attack.seed, Stream.WIRE, attack.device):
+        return [map_batches(smash, x, attack.cfg.batch_size, attack.device) for x in images]

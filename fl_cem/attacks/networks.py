@@ -1,4 +1,4 @@
-"""Networks of the learned inversion attacks: the decoding network and the GAN's critic.
+"""Networks of the learned inversion attacks: the decoding network, the GAN's critic and FORA's feature critic.
 
 The decoding network follows the paper's supplement S.9 (Fig. 6), itself after ResSFL [29]:
 a conv from the smashed channels to 64, eight 64-channel residual blocks, one transposed-conv
@@ -168,5 +168,37 @@ def critic(input_shape: tuple[int, int, int], width: int = WIDTH) -> nn.Sequenti
         in_channels, out_channels = out_channels, min(out_channels * 2, 4 * width)
         if max(height, width_px) <= 4:
             break
+    layers += [nn.Flatten(), nn.Linear(in_channels * height * width_px, 1), nn.Flatten(0)]
+    return nn.Sequential(*layers)
+
+
+def feature_critic(smashed_shape: tuple[int, int, int], width: int = WIDTH) -> nn.Sequential:
+    """Real-vs-substitute critic on smashed data, for FORA's adversarial feature matching.
+
+    FORA (Xu et al. CVPR 2024) trains a discriminator to tell the victim's intercepted features
+    from the substitute encoder's; this is the image critic's design on feature maps: a 3x3
+    conv lifting the smashed channels to ``width`` (maps may be as small as 1x1), then strided
+    convs while the map is larger than 4x4, then one linear score. No batch norm, for the
+    per-sample gradient penalty (see :func:`critic`).
+
+    Parameters
+    ----------
+    smashed_shape : tuple[int, int, int]
+        ``(c, h, w)`` of the smashed data.
+    width : int
+        Channels after the first conv; doubled at each downsampling up to ``4 * width``.
+
+    Returns
+    -------
+    nn.Sequential
+        Maps smashed data (B, c, h, w) to unbounded scores (B,).
+    """
+    channels, height, width_px = smashed_shape
+    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+    in_channels = width
+    while max(height, width_px) > 4:
+        out_channels = min(in_channels * 2, 4 * width)
+        layers += [nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        height, width_px, in_channels = height // 2, width_px // 2, out_channels
     layers += [nn.Flatten(), nn.Linear(in_channels * height * width_px, 1), nn.Flatten(0)]
     return nn.Sequential(*layers)

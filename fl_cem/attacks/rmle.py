@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fl_cem.attacks.base import Attack
+from fl_cem.attacks.base import WhiteBoxAttack
 from fl_cem.attacks.common import EpochCallback, Stream, as_images, seeded
 from fl_cem.registry import register_attack
 
@@ -34,7 +34,7 @@ def total_variation(x: Tensor) -> Tensor:
 
 
 @register_attack("rmle")
-class RmleAttack(Attack):
+class RmleAttack(WhiteBoxAttack):
     """Per-observation image search: Adam on sigmoid-parametrised pixels against feature MSE + TV."""
 
     def setup(self) -> None:

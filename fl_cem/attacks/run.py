@@ -1,14 +1,22 @@
 """Attack a finished run: ``fl-cem attack --run runs/<name> --attack decoder --mode train``.
 
-The victim is the client encoder of the run (white-box, Sec. 3.1): the centralized model, or a
-federated client's final encoder. Targets are
+The victim is the client encoder of the run: the centralized model, or a federated client's
+final encoder. A white-box attack (Sec. 3.1) gets its smashing function; a black-box one
+(``fora``, ``unsplit``) gets only the public design (:mod:`fl_cem.attacks.design`), the
+auxiliary images and the smashed data a curious server intercepts, which the victim's own
+code puts on the wire here: the targets', and for ``fora`` also every other image the client
+sent that the attacker does not hold (never an auxiliary image's: image/feature pairs would
+make it white-box). Targets are
 
 - ``train`` mode of a federated run with a recording: the smashed data the curious server
   actually received in the last round (``intercept/intercept.pt``), scored against the images
   the client sent, which are found by replaying the client's deterministic data order; the
-  attacker learns from the rest of the training split;
+  attacker learns from the rest of the training split; the recording's earlier rounds, less
+  rows of images the attacker holds, are the further intercepted rows;
 - otherwise: held-out images (see :func:`fl_cem.attacks.evaluate.attack_splits`), smashed
-  with the victim's encoder and noise.
+  with the victim's encoder and noise. In ``train`` mode the training images left out of the
+  auxiliary set by ``attack.aux-limit`` are the further intercepted rows; in ``infer`` mode the
+  deployed queries are the targets alone.
 
 The recording spans the last round, during which the encoder kept training, while the attacker
 holds only the final weights: that mismatch works in the victim's favour and is reported as
@@ -26,13 +34,16 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, limit_aux, make_attack, run_attack, split_images
+from fl_cem.attacks.base import Threat
+from fl_cem.attacks.design import public_design
+from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, limit_aux, make_attack, run_attack, split_aux, split_images
 from fl_cem.attacks.metrics import bound_fields, save_comparison
 from fl_cem.cem.bound import gaussian_entropy, swap_entropy
 from fl_cem.config import Config
 from fl_cem.data import DataSplits, load_splits
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.wire import from_bytes
+from fl_cem.registry import get_attack
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import EpochProgress
 from fl_cem.reporting.run_dir import RunDir, failure_reason, refuse_other_kind
@@ -94,8 +105,24 @@ def load_victims(run: RunDir, cfg: Config, client: int | None, device: torch.dev
     return victims
 
 
-def wire_targets(run: RunDir, victim: Victim) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Recorded smashed data of the victim's last round, the images it came from, their indices."""
+@dataclass(frozen=True)
+class WireRecord:
+    """What the curious server recorded of one victim (``intercept/intercept.pt``)."""
+
+    target_z: Tensor
+    """Smashed data of the victim's last round: the targets."""
+    targets: Tensor
+    """The images they came from, replayed from the client's data order."""
+    target_index: Tensor
+    """Their training-split indices."""
+    earlier_z: Tensor
+    """Smashed data of the victim's earlier rounds: intercepted, not scored."""
+    earlier_index: Tensor
+    """Training-split indices of their images."""
+
+
+def wire_targets(run: RunDir, victim: Victim) -> WireRecord | None:
+    """The recording of the victim's rows: the last round as targets, the earlier ones as further intercepts."""
     path = run.root / "intercept" / "intercept.pt"
     if victim.federated is None or not path.is_file():
         return None
@@ -107,16 +134,17 @@ def wire_targets(run: RunDir, victim: Victim) -> tuple[Tensor, Tensor, Tensor] |
     mine = meta[:, fields["client"]] == victim.federated.partition_id
     if not bool(mine.any()):
         return None
-    last = meta[mine, fields["round"]].max()
-    rows = torch.nonzero(mine & (meta[:, fields["round"]] == last)).flatten()
+    last = mine & (meta[:, fields["round"]] == meta[mine, fields["round"]].max())
     loader = victim.federated.loader
-    images, indices = [], []
-    for row in rows.tolist():
+    images, indices = [], torch.full((len(meta),), -1, dtype=torch.long)
+    for row in torch.nonzero(mine).flatten().tolist():
         epoch, batch, position = (int(meta[row, fields[k]]) for k in ("epoch", "batch", "position"))
         loader.set_epoch(epoch)
-        images.append(loader.batch(batch)[0][position].cpu())
-        indices.append(int(loader.batch_indices(batch)[position]))
-    return record["z"][rows], torch.stack(images), torch.tensor(indices)
+        indices[row] = int(loader.batch_indices(batch)[position])
+        if bool(last[row]):
+            images.append(loader.batch(batch)[0][position].cpu())
+    earlier = mine & ~last
+    return WireRecord(record["z"][last], torch.stack(images), indices[last], record["z"][earlier], indices[earlier])
 
 
 def attack_run(
@@ -139,16 +167,25 @@ def attack_run(
         for victim in victims:
             tick = time.perf_counter()
             wire = wire_targets(run, victim) if mode == "train" else None
+            intercepted_images: Tensor | None = None
             if wire is not None:
-                target_z, targets, used = wire
                 keep = torch.ones(len(train_images), dtype=torch.bool)
-                keep[used] = False
-                aux, source = train_images[keep], "wire"
+                keep[wire.target_index] = False
+                aux_index = limit_aux(torch.nonzero(keep).flatten(), cfg.attack.aux_limit, cfg.run.seed)
+                aux = train_images[aux_index]
+                # earlier rounds' rows of images the attacker holds would be image/feature pairs
+                intercepted_z = wire.earlier_z[~torch.isin(wire.earlier_index, aux_index)]
+                targets, target_z, source = wire.targets, wire.target_z, "wire"
             else:
-                aux, targets = split_images(mode, train_images, test_images, cfg.run.seed, cfg.attack.holdout)
-                target_z, source = None, "smashed"
-            aux = limit_aux(aux, cfg.attack.aux_limit, cfg.run.seed)
-            model = make_attack(cfg.attack, victim.smash(cfg.run.seed), splits.shape, victim.client.smashed_shape(splits.shape), device, cfg.run.seed)
+                pool, targets = split_images(mode, train_images, test_images, cfg.run.seed, cfg.attack.holdout)
+                aux, left_out = split_aux(pool, cfg.attack.aux_limit, cfg.run.seed)
+                # a deployed client sends only its queries; in training it sent every image
+                intercepted_images = left_out if mode == "train" else None
+                target_z, intercepted_z, source = None, None, "smashed"
+            # a black-box attacker gets the client's public design, never its smashing function
+            black_box = get_attack(attack).threat is Threat.BLACK_BOX
+            access = public_design(cfg, splits.shape, splits.num_classes, splits.mean, splits.std, device) if black_box else victim.smash(cfg.run.seed)
+            model = make_attack(cfg.attack, access, splits.shape, victim.client.smashed_shape(splits.shape), device, cfg.run.seed)
             epochs = getattr(model, "epochs", 0)
             tag = f"{attack}_{mode}" + (f"_client{victim.federated.partition_id}" if victim.federated else "")
             position = f" ({len(outcomes) + 1}/{len(victims)})" if len(victims) > 1 else ""
@@ -159,7 +196,14 @@ def attack_run(
                 board.scalars(f"attack_{tag}", metrics, epoch)
 
             try:
-                result = run_attack(model, aux, targets, target_z, on_epoch=on_epoch)
+                result = (
+                    run_attack(
+                        model, aux, targets, target_z, on_epoch, wire=victim.smash(cfg.run.seed),
+                        intercepted_images=intercepted_images, intercepted_z=intercepted_z,
+                    )
+                    if black_box
+                    else run_attack(model, aux, targets, target_z, on_epoch)
+                )
             except BaseException as err:
                 results = run.read_results()
                 failed = {"attack": attack, "mode": mode, "victim": victim.name, "status": "failed", "reason": failure_reason(err)}
@@ -177,9 +221,12 @@ def attack_run(
                 "mode": mode,
                 "victim": victim.name,
                 "status": "finished",
+                "threat": str(model.threat),
                 "target_source": source,
-                "targets": len(targets),
+                "targets": result.scored,
+                "targets_offered": len(targets),
                 "aux": len(aux),
+                "intercepted": result.intercepted,
                 "epochs": epochs,
                 "metrics": result.metrics,
                 "failed": not beats_mean_image(result.metrics),

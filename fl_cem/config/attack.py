@@ -15,13 +15,14 @@ ATTACK_NETWORKS = ("s9", "hires")
 @dataclass(frozen=True)
 class AttackConfig:
     name: str = "decoder"
-    """Inversion attack: ``decoder``, ``gan`` or ``rmle``."""
+    """Inversion attack: ``decoder``, ``gan`` or ``rmle`` (white-box: they smash with the client's
+    encoder), ``fora`` or ``unsplit`` (black-box: they see only intercepted smashed data)."""
     mode: str = "train"
     """Attacker's auxiliary data: ``train`` split or one half of ``infer`` (test) split."""
     epochs: int = 50
     """Training epochs of the inversion model (paper: 50 decoder, 150 GAN)."""
     lr: float = 0.001
-    """``decoder``: Adam learning rate (the authors' code: 1e-3; paper S.9: 0.005, which leaked
+    """``decoder``, ``fora``'s inversion stage: Adam learning rate (the authors' code: 1e-3; paper S.9: 0.005, which leaked
     less at the same budget in ``benchmarks/attack_strength.py``)."""
     network: str = "s9"
     """``decoder``, ``gan``: inversion architecture, ``s9`` (paper S.9: residual blocks on the smashed map,
@@ -59,6 +60,34 @@ class AttackConfig:
     """``rmle``: Adam learning rate on the image logits."""
     rmle_tv: float = 0.0001
     """``rmle``: weight of the total-variation prior relative to the feature MSE."""
+    fora_epochs: int = 30
+    """``fora``: epochs of substitute-encoder training over the auxiliary images, each batch
+    matched against as many rows drawn from all the intercepted smashed data, before the
+    inversion stage's ``attack.epochs`` (FORA's code: 10,000 iterations of 64 on a GPU, about 140
+    epochs of its 5,000 auxiliary images; about 12 s an epoch of 4,500 CIFAR images on one CPU thread)."""
+    fora_lr: float = 0.001
+    """``fora``: Adam learning rate of the substitute encoder (FORA's code: 1e-4 over 40,000
+    iterations; raised for the few epochs a CPU affords)."""
+    fora_critic_lr: float = 0.0003
+    """``fora``: Adam learning rate of the feature critic (FORA's code: 3e-4)."""
+    fora_mmd_weight: float = 0.8
+    """``fora``: share of MK-MMD in the substitute's loss, the critic's term taking the rest (FORA's
+    paper: 0.8; its code's default 1.0 with five kernels, and 0.0, matched the substitute to a
+    CIFAR-10 victim no better, see README)."""
+    unsplit_targets: int = 64
+    """``unsplit``: most targets reconstructed, the first ones (per-target optimisation: the cost
+    grows with each); results record how many were scored."""
+    unsplit_rounds: int = 20
+    """``unsplit``: alternations of input steps and surrogate steps (UnSplit: 1,000 on a GPU)."""
+    unsplit_input_steps: int = 50
+    """``unsplit``: Adam steps on the images per round (UnSplit: 100)."""
+    unsplit_model_steps: int = 50
+    """``unsplit``: Adam steps on the surrogate encoder per round (UnSplit: 100)."""
+    unsplit_lr: float = 0.001
+    """``unsplit``: Adam learning rate of images and surrogate (UnSplit: 1e-3). At 1e-2 the
+    images of one seed in four converged to an inverted solution on the test encoder."""
+    unsplit_tv: float = 0.1
+    """``unsplit``: weight of the total-variation prior relative to the feature MSE (UnSplit: 0.1)."""
 
     def __post_init__(self) -> None:
         one_of("attack.mode", self.mode, ATTACK_MODES)
@@ -83,3 +112,13 @@ class AttackConfig:
         positive("attack.rmle-steps", self.rmle_steps)
         positive("attack.rmle-lr", self.rmle_lr)
         non_negative("attack.rmle-tv", self.rmle_tv)
+        positive("attack.fora-epochs", self.fora_epochs)
+        positive("attack.fora-lr", self.fora_lr)
+        positive("attack.fora-critic-lr", self.fora_critic_lr)
+        fraction("attack.fora-mmd-weight", self.fora_mmd_weight, closed_low=True)
+        positive("attack.unsplit-targets", self.unsplit_targets)
+        positive("attack.unsplit-rounds", self.unsplit_rounds)
+        positive("attack.unsplit-input-steps", self.unsplit_input_steps)
+        positive("attack.unsplit-model-steps", self.unsplit_model_steps)
+        positive("attack.unsplit-lr", self.unsplit_lr)
+        non_negative("attack.unsplit-tv", self.unsplit_tv)
