@@ -48,10 +48,11 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
         except RunFolderTaken as err:
             fail(f"fl-cem: error: {err}")
         except BaseException as err:
-            run_dir.mark_failed(err, "federated")
+            kept = run_dir.mark_failed(err, "federated")
             if not isinstance(err, Exception):
                 raise
-            fail(f"fl-cem: error: {failure_reason(err)} (status 'failed' in {run_dir.results_path})")
+            earlier = f"; the earlier run's finished results are in {kept.name}" if kept else ""
+            fail(f"fl-cem: error: {failure_reason(err)} (status 'failed' in {run_dir.results_path}{earlier})")
 
     return app
 

@@ -175,12 +175,15 @@ def test_a_failure_before_a_run_starts_does_not_relabel_the_folders_earlier_run(
     # Prepare: a finished earlier run in the folder
     run = RunDir(tmp_path / "federated")
     run.write_results({"kind": "federated", "status": "finished", "rounds": [{"round": 1}], "final": {"rounds": 1}})
+    earlier = run.results_path.read_bytes()
     # Execute: the next run fails while discovering its clients, before it wrote anything
-    run.mark_failed(RuntimeError("a client failed on its first message: no data"), "federated")
-    # Assert: a failure record of its own, not the earlier run's rounds marked failed
+    kept = run.mark_failed(RuntimeError("a client failed on its first message: no data"), "federated")
+    # Assert: a failure record of its own, not the earlier run's rounds marked failed, and the
+    # earlier run's finished results kept beside it, byte for byte
     results = run.read_results()
     assert results["status"] == "failed" and "no data" in results["reason"]
     assert "rounds" not in results and "final" not in results
+    assert kept == run.previous_results_path and kept.read_bytes() == earlier
 
 
 def test_work_killed_before_it_logged_leaves_no_empty_event_file(tmp_path: Path) -> None:

@@ -172,18 +172,30 @@ class RunDir:
     def write_results(self, results: dict[str, Any]) -> None:
         atomic_write_bytes(self.results_path, json.dumps(results, indent=2, sort_keys=False).encode())
 
-    def mark_failed(self, err: BaseException, kind: str) -> None:
+    @property
+    def previous_results_path(self) -> Path:
+        return self.root / "results.previous.json"
+
+    def mark_failed(self, err: BaseException, kind: str) -> Path | None:
         """Record in results.json that the run failed and why, keeping what this run recorded.
 
-        Only a results file this run started (``status = running``) is kept and updated; one
-        left by an earlier run describes that run, so a fresh failure record replaces it.
+        Only a results file this run started (``status = running``) is kept and updated. One left
+        by an earlier run describes that run: results.json gets a failure record of its own (so
+        ``status`` tells a script about the run it just started), and an earlier run's finished
+        results are kept in ``results.previous.json`` rather than lost to a typo in the next run's
+        config. Returns that file's path when it did so.
         """
         results = self.read_results()
+        kept = None
         if results.get("status") != "running":
+            if results.get("final"):
+                atomic_write_bytes(self.previous_results_path, self.results_path.read_bytes())
+                kept = self.previous_results_path
             results = {"kind": kind, "commit": git_commit(), "environment": environment()}
         results["status"] = "failed"
         results["reason"] = failure_reason(err)
         self.write_results(results)
+        return kept
 
     def write_config(self, cfg: Config) -> None:
         atomic_write_bytes(self.config_path, config_toml(cfg).encode())
