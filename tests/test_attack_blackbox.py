@@ -8,7 +8,6 @@ builds it with its own random weights.
 """
 
 import math
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -30,15 +29,6 @@ from .test_attack_inversion import INPUT, SMASHED, blobs, space_to_depth
 
 CPU = torch.device("cpu")
 BLACK_BOX = ["fora", "unsplit"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: faster than two on the loaded 2-core machine (see test_attack_inversion)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def conv_design() -> PublicDesign:

@@ -5,7 +5,6 @@ grids), per-pixel variance about 0.043. The information-keeping encoder is space
 (``pixel_unshuffle``, 1x8x8 -> 4x4x4), a bijection, so an attack can in principle reach MSE 0.
 """
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,15 +21,6 @@ INPUT = (1, 8, 8)
 SMASHED = (4, 4, 4)
 # few epochs and one critic step per generator step keep every run under ~2 s on one core
 FAST: dict[str, int] = {"epochs": 10, "gan_epochs": 10, "gan_n_critic": 1, "batch_size": 32, "rmle_steps": 200}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Train on one intra-op thread: on a loaded 2-core machine two threads ran ~20x slower (45 s vs 2 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def blobs(n: int, seed: int = 0) -> Tensor:
