@@ -7,7 +7,7 @@ trained on auxiliary images through the client's own feature code; scored agains
 image of each class over the client's partition. Auxiliary images: in ``train`` mode the
 training split less the victim's partition (``attack.aux-limit`` caps them), in ``infer``
 mode the test split. The server also always learns the merged statistics (the sum, whatever
-the masking); the same decoding of the last merge is scored against the same class means
+the masking); the same decoding of the upload's refit's merge is scored against the same class means
 (``aggregate``): under secure aggregation that is what is left to the server.
 
 The statistics were computed by the encoder of the refit. With SplitFed the server holds it
@@ -23,15 +23,15 @@ from typing import Any, Callable
 
 import torch
 
-
 from fl_cem.attacks.cem_stats import CEMStatsAttack, class_means, score_prototypes
 from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, limit_aux, make_attack
 from fl_cem.attacks.metrics import bound_fields, save_comparison
+from fl_cem.attacks.run import load_victims
 from fl_cem.cem import MixtureStats
 from fl_cem.config import Config
 from fl_cem.data import load_splits
 from fl_cem.federated.secure_sum import decode
-from fl_cem.federated.stats_recorder import latest_upload, refit_encoder
+from fl_cem.federated.stats_recorder import latest_upload, refit_encoder, refit_of
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import EpochProgress
 from fl_cem.reporting.run_dir import RunDir, failure_reason
@@ -50,8 +50,6 @@ def upload_stats(upload: dict[str, Any], masked: bool) -> MixtureStats:
 
 def attack_channel(run: RunDir, cfg: Config, mode: str, client: int | None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Decode every victim's latest CEM upload into class prototypes, append the outcomes to results.json, return them."""
-    from fl_cem.attacks.run import load_victims
-
     path = run.root / "intercept" / "cem_stats.pt"
     if not path.is_file():
         raise FileNotFoundError(
@@ -99,7 +97,8 @@ def attack_channel(run: RunDir, cfg: Config, mode: str, client: int | None, log:
                 fit = model.fit(aux, on_epoch)
                 prototypes, _ = model.prototypes(upload_stats(upload, bool(record["masked"])), splits.num_classes)
                 metrics = score_prototypes(prototypes, truth, present, aux, aux_labels)
-                merged, _ = model.prototypes(MixtureStats.from_state_dict(record["merged"][-1]["stats"]), splits.num_classes)
+                refit = refit_of(record, upload) or record["merged"][-1]
+                merged, _ = model.prototypes(MixtureStats.from_state_dict(refit["stats"]), splits.num_classes)
                 aggregate = score_prototypes(merged, truth, present, aux, aux_labels)
             except BaseException as err:
                 results = run.read_results()

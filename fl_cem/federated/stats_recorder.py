@@ -66,9 +66,12 @@ def latest_upload(record: dict[str, Any], partition_id: int) -> dict[str, Any] |
     return kept[-1] if kept else None
 
 
+def refit_of(record: dict[str, Any], upload: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded refit (merged statistics, encoder) an upload belongs to, if the recording still holds it."""
+    return next((refit for refit in record["merged"] if (refit["round"], refit["epoch"]) == (upload["round"], upload["epoch"])), None)
+
+
 def refit_encoder(record: dict[str, Any], upload: dict[str, Any]) -> dict[str, Tensor] | None:
     """The encoder an upload's statistics were computed with, when the server knew it and the recording kept it."""
-    for refit in record["merged"]:
-        if (refit["round"], refit["epoch"]) == (upload["round"], upload["epoch"]) and refit["encoder"]:
-            return dict(refit["encoder"])
-    return None
+    refit = refit_of(record, upload)
+    return dict(refit["encoder"]) if refit is not None and refit["encoder"] else None
