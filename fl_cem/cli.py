@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop.set_defaults(func=cmd_stop_superlink)
     attack = sub.add_parser("attack", help="invert the smashed data of a finished run")
     attack.add_argument("--run", required=True, help="run folder, e.g. runs/federated")
-    attack.add_argument("--attack", default="decoder", help="decoder, gan, rmle (white-box), fora or unsplit (black-box)")
+    attack.add_argument("--attack", default="decoder", help="decoder, gan, rmle (white-box), fora or unsplit (black-box), cem_stats (the CEM statistics channel)")
     attack.add_argument("--mode", default="train", choices=["train", "infer"])
     attack.add_argument("--client", type=int, help="federated runs: attack this client only (default: each in turn)")
     attack.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override attack keys, e.g. attack.epochs=5")

@@ -62,16 +62,21 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: list[Mod] 
     def hello(message: Message, client: SplitClient) -> Reply:
         return Reply(config=client.hello())
 
+    def peers(message: Message) -> tuple[list[int], str]:
+        """The partition ids of the refit's sum and its nonce (secure aggregation's masks)."""
+        config = message.content["config"]
+        return [int(p) for p in config["peers"]], str(config["nonce"])  # type: ignore[union-attr]
+
     @handler
     def cem_centres(message: Message, client: SplitClient) -> Reply:
         previous = tensors(message, "centres")
         seed = int(message.content["config"]["seed"])
-        centres, counts = client.local_centres(previous["centres"] if previous else None, seed, tensors(message, "encoder"))
-        return Reply(arrays={"centres": {"centres": centres, "counts": counts}})
+        upload = client.centres_upload(previous["centres"] if previous else None, seed, tensors(message, "encoder"), *peers(message))
+        return Reply(arrays={"centres": upload})
 
     @handler
     def cem_stats(message: Message, client: SplitClient) -> Reply:
-        return Reply(arrays={"stats": client.local_stats(from_record(message.content["centres"])["centres"]).state_dict()})
+        return Reply(arrays={"stats": client.stats_upload(from_record(message.content["centres"])["centres"], *peers(message))})
 
     @handler
     def train_step(message: Message, client: SplitClient) -> Reply:

@@ -76,6 +76,7 @@ ATTACKS: Registry["Attack"] = Registry(
         "rmle": "fl_cem.attacks.rmle",
         "fora": "fl_cem.attacks.fora",
         "unsplit": "fl_cem.attacks.unsplit",
+        "cem_stats": "fl_cem.attacks.cem_stats",
     },
 )
 """``attack.name`` values and the modules that define them."""

@@ -22,6 +22,7 @@ from torch import Tensor
 from fl_cem.cem import MixtureStats
 from fl_cem.cem.kmeans import combine_centres
 from fl_cem.federated.averaging import average_states
+from fl_cem.federated.secure_sum import unmask_sum
 from fl_cem.federated.wire import from_record, to_record
 
 Classify = Callable[[Tensor, Tensor, int], dict[str, float]]
@@ -43,15 +44,22 @@ class SplitLearningStrategy:
         ``evaluate_fn``, but on features, since the server never holds images).
     seed
         Client sampling is drawn from its own generator so runs repeat exactly.
+    secure
+        ``cem.secure-aggregation``: the clients' CEM uploads are masked and only their sum is
+        read (:mod:`fl_cem.federated.secure_sum`).
     """
 
-    def __init__(self, fraction_train: float, averages_encoders: bool, classify: Classify, clusters_per_class: int, kmeans_iters: int, seed: int) -> None:
+    def __init__(
+        self, fraction_train: float, averages_encoders: bool, classify: Classify, clusters_per_class: int, kmeans_iters: int, seed: int,
+        secure: bool = False,
+    ) -> None:
         self.fraction_train = fraction_train
         self.averages_encoders = averages_encoders
         self.classify = classify
         self.clusters_per_class = clusters_per_class
         self.kmeans_iters = kmeans_iters
         self.seed = seed
+        self.secure = secure
         self.nodes: list[int] | None = None
         """Nodes the run has admitted (answered ``hello``); ``None`` means all of the grid's."""
 
@@ -130,8 +138,19 @@ class SplitLearningStrategy:
 
     # ------------------------------------------------------------------ CEM
     def combine_cem_centres(self, replies: Iterable[Message], server_round: int) -> Tensor:
-        """Global initial centres from the clients' local k-means centres and counts."""
+        """Global initial centres from the clients' local k-means centres and counts.
+
+        With secure aggregation the server holds only the sums of the clients' count-weighted
+        centres and of their counts, so each slot's centre is the count-weighted average of the
+        clients' centres in that slot (exact where local k-means was warm-started from the last
+        global centres, which aligns the slots; on the first refit the slots of one class are
+        unaligned and average towards the class mean, later refits separate them).
+        """
         parts = [from_record(r.content["centres"]) for r in replies]
+        if self.secure:
+            total = unmask_sum(parts, integers={"counts"})
+            counts = total["counts"].double()
+            return (total["weighted"] / counts.clamp_min(1)[:, None]).float()
         return combine_centres(
             [p["centres"] for p in parts],
             [p["counts"] for p in parts],
@@ -140,6 +159,12 @@ class SplitLearningStrategy:
             torch.Generator().manual_seed(self.seed + server_round),
         )
 
-    def merge_cem_stats(self, replies: Iterable[Message]) -> MixtureStats:
-        """Exact global mixture statistics (moment matching) from the clients' local ones."""
-        return MixtureStats.merge([MixtureStats.from_state_dict(from_record(r.content["stats"])) for r in replies])
+    def merge_cem_stats(self, replies: Iterable[Message], centres: Tensor) -> MixtureStats:
+        """Exact global mixture statistics (moment matching) from the clients' local ones, taken
+        about the ``centres`` the server sent (with secure aggregation: the decoded sum of the masked uploads)."""
+        parts = [from_record(r.content["stats"]) for r in replies]
+        if self.secure:
+            total = unmask_sum(parts, integers={"counts"})
+            dtype = centres.dtype
+            return MixtureStats(centres.clone(), total["counts"], total["sums"].to(dtype), total["moments"].to(dtype))
+        return MixtureStats.merge([MixtureStats.from_state_dict(part) for part in parts])

@@ -58,7 +58,7 @@ def test_every_attack_is_registered_and_accepted_by_the_config() -> None:
     names = list_attacks()
 
     # Assert
-    assert names == ["decoder", "fora", "gan", "rmle", "unsplit"]
+    assert names == ["cem_stats", "decoder", "fora", "gan", "rmle", "unsplit"]
     for name in names:
         assert Config.from_flat({"attack.name": name}).attack.name == name
 

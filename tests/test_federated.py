@@ -199,9 +199,9 @@ def test_global_cem_refits_at_the_epochs_centralized_training_refits(tiny: Calla
     refit_global = FederatedRun.refit_global_cem
     refit_client = Client.refit
 
-    def spy_global(self: FederatedRun, server_round: int, sampled: list[int], epoch: int, encoder: object = None) -> None:
+    def spy_global(self: FederatedRun, server_round: int, sampled: list[int], epoch: int, encoder: object = None, within_round: bool = False) -> None:
         federated_refits.append(epoch)
-        refit_global(self, server_round, sampled, epoch, encoder)  # type: ignore[arg-type]
+        refit_global(self, server_round, sampled, epoch, encoder, within_round)  # type: ignore[arg-type]
 
     def spy_central(client: Client, batches: object, seed: int) -> None:
         central_refits.append(seed - cen.run.seed)  # the seed of the refit before epoch E is run.seed + E

@@ -53,6 +53,9 @@ class Attack:
 
     name: ClassVar[str]
     threat: ClassVar[Threat]
+    channel: ClassVar[str] = "smashed"
+    """What the attack inverts: ``smashed`` data (one image per row), or the ``cem-stats`` channel
+    (per-cluster statistics, one prototype per class; :mod:`fl_cem.attacks.channel` attacks a run with it)."""
 
     def __init__(
         self, cfg: AttackConfig, input_shape: tuple[int, int, int], smashed_shape: tuple[int, int, int], device: torch.device, seed: int

@@ -79,6 +79,16 @@ class Victim:
 
         return smash_batch
 
+    def channel(self, before_defense: bool) -> Callable[[Tensor], Tensor]:
+        """The client's noise-free features as its CEM statistics summarise them
+        (:meth:`Client.features`, deployed; ``z_raw`` with ``before_defense``), for the
+        ``cem_stats`` attack's auxiliary images."""
+
+        def features(x: Tensor) -> Tensor:
+            return self.client.features([(x, torch.zeros(len(x), dtype=torch.long))], before_defense)[0]
+
+        return features
+
 
 def load_victims(run: RunDir, cfg: Config, client: int | None, device: torch.device) -> list[Victim]:
     """The encoders to attack: the centralized one, or federated clients (one, or each in turn)."""
@@ -155,6 +165,10 @@ def attack_run(
     if not run.results_path.is_file():
         raise FileNotFoundError(f"{run.root} has no results.json: not a finished fl-cem run")
     cfg = run.load_config().replace(**{"attack.name": attack, "attack.mode": mode, **(overrides or {})})
+    if get_attack(attack).channel == "cem-stats":
+        from fl_cem.attacks.channel import attack_channel
+
+        return attack_channel(run, cfg, mode, client, log)
     device = resolve_device(cfg.run.device)
     splits = load_splits(cfg.data, cfg.run.seed)
     train_images = splits.train.images.float() / 255

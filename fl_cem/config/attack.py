@@ -16,7 +16,8 @@ ATTACK_NETWORKS = ("s9", "hires")
 class AttackConfig:
     name: str = "decoder"
     """Inversion attack: ``decoder``, ``gan`` or ``rmle`` (white-box: they smash with the client's
-    encoder), ``fora`` or ``unsplit`` (black-box: they see only intercepted smashed data)."""
+    encoder), ``fora`` or ``unsplit`` (black-box: they see only intercepted smashed data), or
+    ``cem_stats`` (white-box, on the recorded CEM statistics channel: class prototypes)."""
     mode: str = "train"
     """Attacker's auxiliary data: ``train`` split or one half of ``infer`` (test) split."""
     epochs: int = 50
@@ -41,6 +42,15 @@ class AttackConfig:
     """Federated runs: record a bounded sample of the smashed data arriving at the server."""
     intercept_max: int = 2048
     """Most smashed-data samples the curious server keeps per run."""
+    intercept_stats: bool = True
+    """Federated runs with ``cem.federation = global``: record what each client uploads on the
+    CEM statistics channel (centres, counts, sums, moments) and the merged sums."""
+    intercept_stats_max: int = 2
+    """Most CEM refits the curious server keeps per client (the latest ones; 0 records none):
+    each holds a client's two uploads, about 3K x d floats with diagonal covariances, K x d x d with full."""
+    stats_samples: int = 32
+    """``cem_stats``: features drawn per cluster from the uploaded Gaussian (mean, covariance) and
+    decoded, whose decoded images are averaged into the class prototype (0: decode the means only)."""
     holdout: float = 0.1
     """``train`` mode: share of the training split held out as targets, never in the attacker's data."""
     aux_limit: int = 0
@@ -101,6 +111,8 @@ class AttackConfig:
             raise ValueError(f"attack.validation must be < 1; got {self.validation}")
         positive("attack.batch-size", self.batch_size)
         non_negative("attack.intercept-max", self.intercept_max)
+        non_negative("attack.intercept-stats-max", self.intercept_stats_max)
+        non_negative("attack.stats-samples", self.stats_samples)
         fraction("attack.holdout", self.holdout)
         non_negative("attack.aux-limit", self.aux_limit)
         if self.holdout >= 1:

@@ -27,6 +27,11 @@ class CEMConfig:
     """Federated runs: clients use their ``local`` statistics or the server's ``global`` merge."""
     kmeans_iters: int = 10
     """Lloyd iterations per refit."""
+    secure_aggregation: bool = False
+    """``federation = global``: clients mask their uploaded centres and statistics with pairwise
+    masks that cancel in the sum (Bonawitz et al. 2017, simulated without dropout recovery), so
+    the server sees only the federation's sums; the merged statistics stay exact, and the first
+    refit's centres become slot-wise averages instead of k-means on the clients' centres."""
 
     def __post_init__(self) -> None:
         non_negative("cem.lambda", self.lam)
@@ -36,6 +41,8 @@ class CEMConfig:
         positive("cem.refit-every", self.refit_every)
         one_of("cem.federation", self.federation, CEM_FEDERATION)
         positive("cem.kmeans-iters", self.kmeans_iters)
+        if self.secure_aggregation and self.federation != "global":
+            raise ValueError("cem.secure-aggregation masks the uploads of cem.federation = global; with 'local' nothing is uploaded")
 
     @property
     def enabled(self) -> bool:

@@ -155,7 +155,7 @@ class Config:
         return Config.from_flat({**self.to_flat(), **flat})
 
 
-TRAINING_ATTACK_KEYS = ("attack.intercept", "attack.intercept-max")
+TRAINING_ATTACK_KEYS = ("attack.intercept", "attack.intercept-max", "attack.intercept-stats", "attack.intercept-stats-max")
 """The ``attack.*`` keys that act during training: what the curious server records."""
 
 

@@ -33,6 +33,7 @@ from fl_cem.config import Config
 from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
 from fl_cem.data.partition import local_test_indices
 from fl_cem.federated.averaging import federated_momentum, set_norm_momentum
+from fl_cem.federated.secure_sum import mask
 from fl_cem.training.client import Client, global_refit_due
 from fl_cem.training.schedule import Position
 from fl_cem.training.setup import build_client, build_model, train_loader
@@ -207,6 +208,28 @@ class SplitClient:
         """Sufficient statistics of the local features about the server's centres."""
         z, y = self.features()
         return MixtureStats.compute(z.flatten(1), y, centres.to(z.dtype), self.cfg.cem.clusters_per_class, self.cfg.cem.covariance)
+
+    def centres_upload(
+        self, global_centres: Tensor | None, seed: int, encoder: dict[str, Tensor] | None, peers: list[int], nonce: str
+    ) -> dict[str, Tensor]:
+        """What the client sends for the first refit step: its local centres and counts, or with
+        ``cem.secure-aggregation`` the masked count-weighted centres and counts (only their sum over ``peers`` is readable)."""
+        centres, counts = self.local_centres(global_centres, seed, encoder)
+        if not self.cfg.cem.secure_aggregation:
+            return {"centres": centres, "counts": counts}
+        weighted = counts.to(centres.dtype)[:, None] * centres
+        return self._masked({"weighted": weighted, "counts": counts}, peers, f"{nonce}|centres")
+
+    def stats_upload(self, centres: Tensor, peers: list[int], nonce: str) -> dict[str, Tensor]:
+        """What the client sends for the second refit step: :meth:`local_stats`, masked with ``cem.secure-aggregation``."""
+        stats = self.local_stats(centres)
+        if not self.cfg.cem.secure_aggregation:
+            return stats.state_dict()
+        return self._masked({"counts": stats.counts, "sums": stats.sums, "moments": stats.moments}, peers, f"{nonce}|stats")
+
+    def _masked(self, tensors: dict[str, Tensor], peers: list[int], nonce: str) -> dict[str, Tensor]:
+        """Pairwise-masked upload (:func:`fl_cem.federated.secure_sum.mask`), the pair keys standing in on ``run.seed``."""
+        return mask(tensors, self.partition_id, peers, self.cfg.run.seed, nonce, integers={"counts"})
 
     def evaluate(self, split: str, seed: int) -> tuple[Tensor, Tensor]:
         """Smashed data of a whole split (``test``, ``val`` or ``local_test``), noise on, as deployed (the server classifies it)."""

@@ -31,6 +31,7 @@ from fl_cem.cem import ConditionalEntropy, MixtureStats
 from fl_cem.config import Config
 from fl_cem.federated.exchange import Exchange, TooFewClients, discover
 from fl_cem.federated.server_logic import SplitServer
+from fl_cem.federated.stats_recorder import StatsRecorder
 from fl_cem.federated.wire import from_record, to_record
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line
@@ -59,8 +60,9 @@ class FederatedRun:
         self.server = SplitServer(cfg, self.shape, self.num_classes, resolve_device(cfg.run.device))  # type: ignore[arg-type]
         self.strategy = SplitLearningStrategy(
             cfg.federated.fraction_train, cfg.federated.averages_encoders, self.server.classify,
-            cfg.cem.clusters_per_class, cfg.cem.kmeans_iters, cfg.run.seed,
+            cfg.cem.clusters_per_class, cfg.cem.kmeans_iters, cfg.run.seed, cfg.cem.secure_aggregation,
         )
+        self.stats_recorder = StatsRecorder(cfg.attack.intercept_stats_max if cfg.attack.intercept_stats else 0, cfg.cem.secure_aggregation)
         self.strategy.nodes = sorted(self.nodes)
         self.global_encoder = ArrayRecord()
         self.mixture: MixtureStats | None = None
@@ -81,6 +83,7 @@ class FederatedRun:
                 "mixture": self.mixture.state_dict() if self.mixture is not None else {},
                 "client_states": {pid: torch.frombuffer(bytearray(blob), dtype=torch.uint8) for pid, blob in self.client_states.items()},
                 "history": self.history,
+                "stats_recorder": self.stats_recorder.state_dict(),
             },
             self.run_dir.checkpoint_path,
         )
@@ -100,6 +103,8 @@ class FederatedRun:
         self.mixture = MixtureStats.from_state_dict(state["mixture"]) if state["mixture"] else None
         self.client_states = {int(pid): bytes(t.numpy()) for pid, t in state["client_states"].items()}
         self.history = list(state["history"])
+        if "stats_recorder" in state:  # checkpoints written before the CEM channel was recorded have none
+            self.stats_recorder.load_state_dict(state["stats_recorder"])
         self.start_round = int(state["round"])
         by_partition = {int(i["partition_id"]): node for node, i in self.nodes.items()}
         restores = [
@@ -111,23 +116,52 @@ class FederatedRun:
         self.log(f"resumed {self.run_dir.root} after round {self.start_round - 1}")
 
     # ------------------------------------------------------------------ one round
-    def refit_global_cem(self, server_round: int, sampled: Iterable[int], epoch: int, encoder: ArrayRecord | None = None) -> None:
+    def refit_global_cem(self, server_round: int, sampled: Iterable[int], epoch: int, encoder: ArrayRecord | None = None, within_round: bool = False) -> None:
         """Federated k-means before local epoch ``epoch``: local centres -> global centres -> exact
         merged statistics. At a round's start, or within it on the encoders just averaged
-        (``encoder``), which the clients load before they fit."""
+        (``encoder``), which the clients load before they fit.
+
+        Both queries name the refit's clients and a nonce (secure aggregation masks with them);
+        the server records what it received (:class:`StatsRecorder`)."""
+        sampled = list(sampled)
         records = {"centres": to_record({"centres": self.mixture.centres})} if self.mixture is not None else {}
         records |= {"encoder": encoder} if encoder is not None else {}
-        seed_cfg = ConfigRecord({"seed": self.cfg.run.seed + epoch})
+        sum_cfg = {"peers": sorted(self.partition(n) for n in sampled), "nonce": f"{server_round}|{epoch}"}
+        seed_cfg = ConfigRecord({"seed": self.cfg.run.seed + epoch, **sum_cfg})
         replies = self.gather_sorted(
             [Message(RecordDict({"config": seed_cfg, **records}), n, "query.cem_centres") for n in sampled]
         )
-        if len(replies) < max(1, self.cfg.federated.min_clients):
-            raise TooFewClients(f"round {server_round}: {len(replies)} clients answered the CEM refit, federated.min-clients is {self.cfg.federated.min_clients}")
+        self.check_refit_replies(server_round, replies, len(sampled))
         centres = self.strategy.combine_cem_centres(replies, server_round)
         stats_replies = self.gather_sorted(
-            [Message(RecordDict({"centres": to_record({"centres": centres})}), n, "query.cem_stats") for n in sampled]
+            [Message(RecordDict({"config": ConfigRecord(sum_cfg), "centres": to_record({"centres": centres})}), n, "query.cem_stats") for n in sampled]
         )
-        self.mixture = self.strategy.merge_cem_stats(stats_replies)
+        self.check_refit_replies(server_round, stats_replies, len(sampled))
+        self.mixture = self.strategy.merge_cem_stats(stats_replies, centres)
+        self.stats_recorder.offer(
+            server_round, epoch, centres,
+            {self.partition(r.metadata.src_node_id): from_record(r.content["centres"]) for r in replies},
+            {self.partition(r.metadata.src_node_id): from_record(r.content["stats"]) for r in stats_replies},
+            self.mixture,
+            self.refit_encoder(encoder, within_round),
+        )
+
+    def refit_encoder(self, encoder: ArrayRecord | None, within_round: bool) -> dict[str, torch.Tensor] | None:
+        """The encoder every client fits the refit with, where the server holds it: the average
+        just sent within a round, or at a round's start SplitFed's average, which the previous
+        round's evaluation loaded into every client (vanilla, or within a round without an
+        average: the clients' own, which the server does not hold)."""
+        if encoder is not None:
+            return from_record(encoder)
+        at_start = not within_round and self.cfg.federated.averages_encoders and len(self.global_encoder)
+        return from_record(self.global_encoder) if at_start else None
+
+    def check_refit_replies(self, server_round: int, replies: list[Message], asked: int) -> None:
+        """Enough clients answered a CEM refit query; with secure aggregation all of them (no dropout recovery)."""
+        needed = asked if self.cfg.cem.secure_aggregation else max(1, self.cfg.federated.min_clients)
+        if len(replies) < needed:
+            why = "cem.secure-aggregation needs every client asked (their masks cancel only together)" if self.cfg.cem.secure_aggregation else f"federated.min-clients is {self.cfg.federated.min_clients}"
+            raise TooFewClients(f"round {server_round}: {len(replies)} of {asked} clients answered the CEM refit; {why}")
 
     def by_partition(self, replies: Iterable[Message]) -> list[Message]:
         """Replies in partition order: aggregates must not depend on which client answered first."""
@@ -249,7 +283,7 @@ class FederatedRun:
             self.server.average_decoders({self.partition(r.metadata.src_node_id): float(r.content["metrics"]["num_examples"]) for r in replies})
         if any(r.content["config"]["refit"] for r in replies):
             epoch = int(replies[0].content["config"]["epoch"])
-            self.refit_global_cem(server_round, synced, epoch, content.get("encoder"))
+            self.refit_global_cem(server_round, synced, epoch, content.get("encoder"), within_round=True)
             assert self.mixture is not None
             content["mixture"] = to_record(self.mixture.state_dict())
         self.exchange.send(
@@ -311,6 +345,8 @@ class FederatedRun:
                 self.history.append(record)
                 self.save(server_round + 1)
                 self.server.interceptor.save(self.run_dir.root / "intercept" / "intercept.pt")
+                if self.stats_recorder.uploads:
+                    self.stats_recorder.save(self.run_dir.root / "intercept" / "cem_stats.pt")
                 self.run_dir.write_results(results)
                 self.log_round(board, record, server_round, began)
             results["final"] = self.summary()
