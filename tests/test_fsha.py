@@ -18,8 +18,8 @@ from fl_cem.training.centralized import train_centralized
 from .conftest import TINY, simulate
 
 DIGITS = {**TINY, "data.train-subset": 0, "data.test-subset": 0, "federated.rounds": 5}
-"""All of digits (1,293 training images: 40 batches a round for one client, 200 hijack steps in
-all) and the 360 test images as the server's public data; about 30 s for five rounds."""
+"""All of digits (1,294 training images: 40 batches a round for one client, 200 hijack steps in
+all) and the 359 test images as the server's public data; about 30 s for five rounds."""
 
 
 @pytest.fixture(scope="module")
