@@ -41,6 +41,7 @@ from fl_cem.config import Config
 from fl_cem.data import BatchLoader
 from fl_cem.models.split import build_split_model
 from fl_cem.training.layout import model_format, place
+from fl_cem.training.server import Source
 
 INVERSE_BLOCKS = 2
 """Residual blocks of ``f~^-1`` (S.9's decoding network has 8): it trains one step per served
@@ -52,9 +53,6 @@ SEED_OFFSET = 104_729
 Replay = Callable[[int, int, int], Tensor]
 """``replay(client, epoch, batch)``: the images (B, C, H, W) in [0, 1] of one served batch, replayed
 from the client's data order (the measurement's ground truth; the attack never sees it)."""
-
-Source = tuple[int, int, int, int]
-"""Client, round, epoch and batch of a served batch (:data:`fl_cem.training.server.Source`)."""
 
 
 class FeatureSpaceHijack:
