@@ -2,7 +2,7 @@
 
 Every key a user can set is a field of one of the frozen section dataclasses, one file per
 section (``sections.py``: run, data, partition, model, train, noise; ``cem.py``; ``defense.py``;
-``attack.py``; ``federated.py``); ``config.py`` joins them into :class:`Config`, ``flat.py``
+``attack.py``; ``federated.py``; ``malicious.py``); ``config.py`` joins them into :class:`Config`, ``flat.py``
 holds the flat-key plumbing.
 Flower passes run-config keys flattened (``"cem.lambda"``), the centralized CLI reads the
 same keys from a TOML file and ``--set`` overrides, and both go through
@@ -28,6 +28,7 @@ from fl_cem.config.config import (
 from fl_cem.config.defense import ARL_LOSSES, DefenseConfig
 from fl_cem.config.federated import SERVE_ORDERS, VARIANTS, FederatedConfig
 from fl_cem.config.flat import flatten, parse_override
+from fl_cem.config.malicious import MALICIOUS_ATTACKS, MaliciousConfig
 from fl_cem.config.sections import (
     ARCHS,
     DATA_SOURCES,
@@ -43,7 +44,7 @@ from fl_cem.config.sections import (
 
 __all__ = [
     "ARCHS", "ARL_LOSSES", "ATTACK_MODES", "ATTACK_NETWORKS", "ATTACK_SCHEDULES", "CEM_FEDERATION", "CEM_VARIANTS",
-    "COVARIANCES", "DATA_SOURCES", "EXECUTION_KEYS", "PARTITIONERS", "SCHEDULES", "SERVE_ORDERS", "TRAINING_ATTACK_KEYS",
-    "VARIANTS", "AttackConfig", "CEMConfig", "Config", "DataConfig", "DefenseConfig", "FederatedConfig", "ModelConfig",
+    "COVARIANCES", "DATA_SOURCES", "EXECUTION_KEYS", "MALICIOUS_ATTACKS", "PARTITIONERS", "SCHEDULES", "SERVE_ORDERS", "TRAINING_ATTACK_KEYS",
+    "VARIANTS", "AttackConfig", "CEMConfig", "Config", "DataConfig", "DefenseConfig", "FederatedConfig", "MaliciousConfig", "ModelConfig",
     "NoiseConfig", "PartitionConfig", "RunConfig", "Scalar", "TrainConfig", "field_docs", "flatten", "parse_override",
 ]

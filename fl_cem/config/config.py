@@ -17,6 +17,7 @@ from fl_cem.config.checks import Scalar
 from fl_cem.config.defense import DefenseConfig
 from fl_cem.config.federated import FederatedConfig
 from fl_cem.config.flat import flatten
+from fl_cem.config.malicious import MaliciousConfig
 from fl_cem.config.sections import (
     DataConfig,
     ModelConfig,
@@ -44,6 +45,7 @@ class Config:
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    malicious: MaliciousConfig = field(default_factory=MaliciousConfig)
 
     def __post_init__(self) -> None:
         if self.cem.enabled and self.cem.variant == "paper" and self.noise.sigma == 0:

@@ -33,6 +33,7 @@ from fl_cem.config import Config
 from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
 from fl_cem.data.partition import local_test_indices
 from fl_cem.federated.averaging import federated_momentum, set_norm_momentum
+from fl_cem.federated.detection import CHECKED, DISPERSION, norm_dispersion, round_verdict
 from fl_cem.federated.secure_sum import mask
 from fl_cem.training.client import Client, global_refit_due
 from fl_cem.training.schedule import Position
@@ -262,7 +263,8 @@ class SplitClient:
         set_norm_momentum(self.client.encoder, federated_momentum(averaged))
 
     def apply_gradients(self, grads: Tensor) -> None:
-        """Step on the pending batches with the server's gradients (:meth:`Client.step` recomputes each forward pass)."""
+        """Step on the pending batches with the server's gradients (:meth:`Client.step` recomputes each forward pass),
+        measuring the spread of each gradient's per-sample norms first (``fl_cem/federated/detection.py``)."""
         offset = 0
         for epoch, batch in self.cursor.pending:
             self.loader.set_epoch(epoch)
@@ -270,6 +272,10 @@ class SplitClient:
             seed = batch_seed(self.cfg.run.seed, epoch, batch, self.partition_id)
             grad = grads[offset : offset + len(y)]
             offset += len(y)
+            dispersion = norm_dispersion(grad)
+            if dispersion is not None:
+                self.cursor.sums[DISPERSION] = self.cursor.sums.get(DISPERSION, 0.0) + dispersion
+                self.cursor.sums[CHECKED] = self.cursor.sums.get(CHECKED, 0.0) + 1
             metrics = self.client.step(x, y, seed, grad, Position(epoch, batch, len(self.loader)))
             for key, value in metrics.items():
                 self.cursor.sums[key] = self.cursor.sums.get(key, 0.0) + float(value)
@@ -337,8 +343,10 @@ class SplitClient:
         return torch.cat(zs), torch.cat(ys), epochs, sizes, [b for _, b in self.cursor.pending]
 
     def round_metrics(self) -> dict[str, float]:
+        """Per-step means of the round's sums, and the hijack check's verdict on the round."""
         steps = max(self.cursor.steps, 1)
-        return {key: value / steps for key, value in self.cursor.sums.items()}
+        means = {key: value / steps for key, value in self.cursor.sums.items() if key not in (DISPERSION, CHECKED)}
+        return means | round_verdict(self.cursor.sums, self.cfg.malicious.alarm)
 
     # ------------------------------------------------------------------ messages
     def train_step(

@@ -12,7 +12,9 @@ Two uses: tests check that the Flower path computes what this protocol computes 
 difference in accuracy is a property of the protocol, not of the plumbing), and
 ``benchmarks/federated_accuracy.py`` sweeps variants and client counts with it, which the
 simulation engine would take hours for at N = 100 on two cores. Scope: every client trains
-every round (``fraction-train = 1``) and CEM is not trained (``cem.lambda = 0``).
+every round (``fraction-train = 1``) and CEM is not trained (``cem.lambda = 0``). Each round
+records the clients' round metrics (their mean, weighted by examples, as the strategy's) and,
+on a hijacking server, the inversion's score (:meth:`FeatureSpaceHijack.score`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor
 from fl_cem.config import Config
 from fl_cem.federated.averaging import average_states
 from fl_cem.federated.client_logic import SplitClient
+from fl_cem.federated.hijack import replay_from, round_line
 from fl_cem.federated.server_logic import SplitServer
 from fl_cem.training.setup import resolve_device
 
@@ -68,6 +71,8 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
                 z, y, epochs, sizes, batches = client.next_chunk(fed.chunk)
                 grads[pid], served = server.serve(z, y, sizes, epochs, pid, server_round, batches, epoch_batches)
                 loss, correct, count = loss + served["loss_sum"], correct + served["correct"], count + served["count"]
+        client_metrics = _client_means(clients)
+        hijack = server.hijack.score(replay_from({c.partition_id: c.loader for c in clients})) if server.hijack is not None else {}
         if fed.averages_encoders:
             average = _average(clients, list(range(num_clients)), server)
         accuracy, local = {}, {}
@@ -84,6 +89,8 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
             "train_time_s": time.perf_counter() - tick,
             "train_loss": loss / max(count, 1),
             "train_accuracy": correct / max(count, 1),
+            "client": client_metrics,
+            "hijack": hijack,
             "test": {
                 "accuracy_mean": sum(values) / len(values), "accuracy_min": min(values), "accuracy_max": max(values),
                 "local_accuracy_mean": sum(local_values) / len(local_values), "local_accuracy_min": min(local_values),
@@ -92,8 +99,16 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
             },
         }
         rounds.append(record)
-        log(f"reference round {server_round}/{fed.rounds} | loss {record['train_loss']:.3f} | test acc mean {record['test']['accuracy_mean']:.3f}")
+        log(f"reference round {server_round}/{fed.rounds} | loss {record['train_loss']:.3f} | test acc mean {record['test']['accuracy_mean']:.3f}{round_line(hijack)}")
     return {"kind": "federated-reference", "clients": num_clients, "rounds": rounds, "final": {"test_accuracy_mean": rounds[-1]["test"]["accuracy_mean"]}}
+
+
+def _client_means(clients: list[SplitClient]) -> dict[str, float]:
+    """The clients' round metrics, weighted by their examples (the strategy's ``aggregate_train``)."""
+    per_client = [(c.round_metrics(), float(c.num_examples)) for c in clients]
+    total = sum(w for _, w in per_client)
+    keys = set.intersection(*(set(m) for m, _ in per_client))
+    return {key: sum(m[key] * w for m, w in per_client) / total for key in sorted(keys)}
 
 
 def _average(clients: list[SplitClient], pids: list[int], server: SplitServer) -> dict[str, Tensor]:

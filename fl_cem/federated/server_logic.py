@@ -10,7 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from fl_cem.config import Config
+from fl_cem.data import load_splits
 from fl_cem.federated.averaging import average_states, federated_momentum, set_norm_momentum
+from fl_cem.federated.hijack import FeatureSpaceHijack
 from fl_cem.federated.recorder import Interceptor
 from fl_cem.training.schedule import Position
 from fl_cem.training.server import Server
@@ -31,6 +33,10 @@ class SplitServer:
     running averages that evaluation uses must then be that client's too, or evaluation
     normalises N different feature spaces with their blend (docs/FEDERATED.md). The weights
     stay shared. With SplitFed there is one encoder and so one set of statistics.
+
+    A malicious server (``malicious.attack = fsha``) holds a :class:`FeatureSpaceHijack`
+    (``hijack``) with the test split as its public images, and :meth:`serve` returns its
+    gradient instead of the decoder's; ``None`` on an honest server.
     """
 
     def __init__(self, cfg: Config, shape: tuple[int, int, int], num_classes: int, device: torch.device) -> None:
@@ -52,6 +58,10 @@ class SplitServer:
         """Decoder steps taken in each local epoch (the warm-up's position)."""
         self.initial_norms = self._norm_buffers()
         self.client_norms: dict[int, list[Tensor]] = {}
+        self.hijack: FeatureSpaceHijack | None = None
+        if cfg.malicious.attack == "fsha":
+            public = load_splits(cfg.data, cfg.run.seed).test.images
+            self.hijack = FeatureSpaceHijack(cfg, public, num_classes, self.smashed_shape, device)
 
     def _norm_buffers(self) -> list[Tensor]:
         return [b.clone() for m in self.norms for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
@@ -68,6 +78,8 @@ class SplitServer:
     def start_round(self, clients: int) -> None:
         """``clients`` train this round: SplitFed V1's copies keep batch-norm statistics at :func:`federated_momentum`."""
         self.averaged = clients
+        if self.hijack is not None:
+            self.hijack.start_round()
         for parts in self.copies.values():
             parts.decoder.load_state_dict(self.shared.decoder.state_dict())  # every copy starts the round from the average
             set_norm_momentum(parts.decoder, federated_momentum(clients))
@@ -104,7 +116,9 @@ class SplitServer:
         ``epoch_batches`` is the number of batches all of the round's clients send in one local
         epoch: the decoder's warm-up runs over its own first pass over the data (its
         ``epoch_batches`` steps), not over one client's, which at N = 100 is a single batch.
-        With one client this is the centralized schedule step for step.
+        With one client this is the centralized schedule step for step. A hijacking server
+        steps its decoder all the same (the accuracy it reports stays plausible) but returns
+        :meth:`FeatureSpaceHijack.step`'s gradient.
         """
         grads, loss, correct = [], 0.0, 0
         offset = 0
@@ -114,8 +128,11 @@ class SplitServer:
             offset += size
             parts = self.parts_of(client)
             self.served[epoch] = self.served.get(epoch, 0) + 1
+            source = (client, round_, epoch, batch)
             with self.statistics_of(client):
-                grad, metrics = parts.step(zb, yb, Position(epoch, self.served[epoch] - 1, epoch_batches), (client, round_, epoch, batch))
+                grad, metrics = parts.step(zb, yb, Position(epoch, self.served[epoch] - 1, epoch_batches), source)
+            if self.hijack is not None:
+                grad = self.hijack.step(zb, source)
             grads.append(grad)
             loss += float(metrics["loss"]) * size
             correct += int(metrics["correct"])
@@ -136,6 +153,7 @@ class SplitServer:
             "client_norms": {str(client): buffers for client, buffers in self.client_norms.items()},
             "served": {str(epoch): count for epoch, count in self.served.items()},
             "copies": {str(c): p.state_dict() for c, p in self.copies.items()},
+            **({"hijack": self.hijack.state_dict()} if self.hijack is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -145,3 +163,5 @@ class SplitServer:
         for client, saved in state["copies"].items():
             self.parts_of(int(client)).load_state_dict(saved)
         self.interceptor.load_state_dict(state["interceptor"])
+        if self.hijack is not None:
+            self.hijack.load_state_dict(state["hijack"])

@@ -29,7 +29,10 @@ from flwr.serverapp import Grid
 
 from fl_cem.cem import ConditionalEntropy, MixtureStats
 from fl_cem.config import Config
+from fl_cem.data import BatchLoader
+from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.exchange import Exchange, TooFewClients, discover
+from fl_cem.federated.hijack import replay_from, round_line
 from fl_cem.federated.server_logic import SplitServer
 from fl_cem.federated.stats_recorder import StatsRecorder
 from fl_cem.federated.wire import from_record, to_record
@@ -69,6 +72,8 @@ class FederatedRun:
         self.client_states: dict[int, bytes] = {}
         self.history: list[dict[str, Any]] = []
         self.start_round = 1
+        self.replay_loaders: dict[int, BatchLoader] = {}
+        """Each client's training loader rebuilt here, for scoring a hijacking server's inversions only."""
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, next_round: int) -> None:
@@ -326,6 +331,7 @@ class FederatedRun:
                 for reply in done:
                     self.client_states[int(reply.content["config"]["partition_id"])] = bytes(reply.content["state"]["blob"])
                 train_time = time.perf_counter() - tick
+                hijack = self.hijack_score()
                 eval_config = ConfigRecord({"seed": cfg.run.seed + server_round})
                 eval_replies = self.gather_sorted(self.strategy.configure_evaluate(server_round, self.global_encoder, eval_config, self.grid))
                 evaluation = self.strategy.aggregate_evaluate(server_round, eval_replies)
@@ -341,6 +347,7 @@ class FederatedRun:
                     "client": dict(client_metrics or {}),
                     "test": dict(evaluation or {}),
                     "cem": self.cem_summary(eval_replies),
+                    "hijack": hijack,
                 }
                 self.history.append(record)
                 self.save(server_round + 1)
@@ -356,6 +363,24 @@ class FederatedRun:
         results["status"] = "finished"
         self.run_dir.write_results(results)
         return results
+
+    def hijack_score(self) -> dict[str, Any]:
+        """A hijacking server's inversion of the round's last batches against the images the
+        clients sent (:meth:`FeatureSpaceHijack.score`); empty on an honest server.
+
+        The images come from the clients' data order, replayed by rebuilding each client's
+        loader here from the config and its partition id, as the attack harness does: a
+        measurement, never an input of the attack.
+        """
+        hijack = self.server.hijack
+        if hijack is None:
+            return {}
+        count = int(next(iter(self.nodes.values()))["num_partitions"])
+        device = resolve_device(self.cfg.run.device)
+        for _, (client, _, _, _) in hijack.kept:
+            if client not in self.replay_loaders:
+                self.replay_loaders[client] = SplitClient(self.cfg, client, count, device, None).loader
+        return hijack.score(replay_from(self.replay_loaders))
 
     def cem_summary(self, replies: list[Message]) -> dict[str, float]:
         """Per-client bounds (reported with the evaluation), their mean, and the merged mixture's."""
@@ -379,6 +404,7 @@ class FederatedRun:
         board.scalars("train", {k: v for k, v in record.items() if isinstance(v, float)}, server_round)
         for section in ("client", "test", "cem"):
             board.scalars(section, record[section], server_round)
+        board.scalars("hijack", {k: v for k, v in record["hijack"].items() if isinstance(v, float)}, server_round)
         if self.server.interceptor.z is not None:
             board.channels("server_view/smashed_channel0", self.server.interceptor.z, server_round)
         done = server_round - self.start_round + 1
@@ -392,6 +418,7 @@ class FederatedRun:
         self.log(
             f"{eta_line(done, total, time.perf_counter() - began, 'round')} | loss {record['train_loss']:.3f} | "
             f"test acc {spread('accuracy')} | local test acc {spread('local_accuracy')} | {record['clients_trained']} clients"
+            f"{round_line(record['hijack'])}"
         )
 
     def summary(self) -> dict[str, Any]:

@@ -54,6 +54,8 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
         Called after each finished (checkpointed) epoch with its record; sweeps and tests use it.
     """
     cfg = cfg.for_kind("centralized")
+    if cfg.malicious.attack != "none":
+        raise ValueError(f"malicious.attack = {cfg.malicious.attack!r} is a federated server's attack; centralized training has no server to be malicious")
     device = resolve_device(cfg.run.device)
     run = RunDir.for_config(cfg)
     splits = load_splits(cfg.data, cfg.run.seed)

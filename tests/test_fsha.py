@@ -1,0 +1,107 @@
+"""Feature-space hijacking (malicious.attack = fsha): the inversion it buys, and the clients' check that sees it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from fl_cem.config import Config
+from fl_cem.federated.detection import norm_dispersion, round_verdict
+from fl_cem.federated.reference import run_reference
+from fl_cem.reporting.run_dir import RunDir
+from fl_cem.training.centralized import train_centralized
+
+from .conftest import TINY, simulate
+
+DIGITS = {**TINY, "data.train-subset": 0, "data.test-subset": 0, "federated.rounds": 5}
+"""All of digits (1,294 training images: 40 batches a round for one client, 200 hijack steps in
+all) and the 359 test images as the server's public data; about 30 s for five rounds."""
+
+
+@pytest.fixture(scope="module")
+def digits_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The same no-defense client under an honest and under a hijacking server, in-process."""
+    out = tmp_path_factory.mktemp("fsha")
+    runs = {}
+    for attack in ("none", "fsha"):
+        cfg = Config.from_flat({**DIGITS, "run.output-dir": str(out), "run.name": attack, "malicious.attack": attack})
+        runs[attack] = run_reference(cfg, 1, log=lambda _: None)
+    return runs
+
+
+def test_fsha_makes_a_no_defense_clients_features_invertible(digits_runs: dict[str, dict[str, Any]]) -> None:
+    # Execute
+    hijack = [r["hijack"] for r in digits_runs["fsha"]["rounds"]]
+    # Assert: the inversion improves over the rounds and ends well below the mean image
+    assert hijack[-1]["inversion_mse"] < hijack[0]["inversion_mse"]
+    assert not hijack[-1]["failed"]
+    assert hijack[-1]["mse_to_mean_image"] < 0.6
+    assert all(h["scored"] == 256 for h in hijack)
+    # an honest server trains no pilot: it records no inversion
+    assert all(r["hijack"] == {} for r in digits_runs["none"]["rounds"])
+
+
+def test_gradient_norm_check_separates_honest_from_hijacked_rounds(digits_runs: dict[str, dict[str, Any]]) -> None:
+    # Execute
+    honest = [r["client"] for r in digits_runs["none"]["rounds"]]
+    hijacked = [r["client"] for r in digits_runs["fsha"]["rounds"]]
+    # Assert: every round is classified right, with room on both sides of the threshold
+    threshold = Config().malicious.alarm
+    assert [r["hijack_alarm"] for r in honest] == [0.0] * 5
+    assert [r["hijack_alarm"] for r in hijacked] == [1.0] * 5
+    assert max(r["gradient_norm_cv"] for r in hijacked) < threshold / 1.2
+    assert min(r["gradient_norm_cv"] for r in honest) > threshold * 2
+
+
+def test_norm_dispersion_is_the_coefficient_of_variation_of_per_sample_norms() -> None:
+    # Prepare: per-sample norms 1 and 3 (mean 2, sample std sqrt(2)); then equal norms
+    grads = torch.zeros(2, 2, 2, 2)
+    grads[0, 0, 0, 0] = 1.0
+    grads[1, 1, 1, 1] = -3.0
+    # Execute / Assert
+    assert norm_dispersion(grads) == pytest.approx(2**0.5 / 2)
+    assert norm_dispersion(torch.ones(4, 3)) == pytest.approx(0.0)
+    assert norm_dispersion(torch.ones(1, 3)) is None
+    assert norm_dispersion(torch.zeros(4, 3)) is None
+    # a round's verdict: the mean over the batches that defined one
+    assert round_verdict({"gradient_norm_cv": 0.3, "gradient_norm_cv_batches": 2.0}, 0.1) == {"gradient_norm_cv": 0.15, "hijack_alarm": 0.0}
+    assert round_verdict({}, 0.1) == {}
+
+
+def test_the_flower_server_app_hijacks_and_reports_each_round(tiny: Callable[..., Config]) -> None:
+    # Prepare: two clients through the real ServerApp and ClientApp
+    cfg = tiny(**{"run.name": "fsha", "partition.num-partitions": 2, "federated.rounds": 2, "malicious.attack": "fsha", "malicious.scored": 64})
+    # Execute
+    simulate(cfg, num_clients=2)
+    reference = run_reference(cfg.replace(**{"run.name": "fsha-reference"}), 2, log=lambda _: None)
+    # Assert: results.json, TensorBoard and the clients' verdicts carry the hijack per round
+    run = RunDir.for_config(cfg)
+    results = json.loads(run.results_path.read_text())
+    assert results["status"] == "finished"
+    for ours, theirs in zip(results["rounds"], reference["rounds"], strict=True):
+        assert set(ours["hijack"]) == {"inversion_mse", "mean_image_mse", "mse_to_mean_image", "scored", "autoencoder_mse", "critic_distance", "failed"}
+        assert ours["hijack"]["scored"] == 64
+        assert ours["client"]["hijack_alarm"] == 1.0
+        # the Flower path serves what the in-process protocol serves
+        assert ours["hijack"]["inversion_mse"] == pytest.approx(theirs["hijack"]["inversion_mse"], rel=1e-3)
+        assert ours["client"]["gradient_norm_cv"] == pytest.approx(theirs["client"]["gradient_norm_cv"], rel=1e-3)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run.tb_dir)).Reload()
+    assert {"hijack/inversion_mse", "hijack/mean_image_mse", "client/gradient_norm_cv", "client/hijack_alarm"} <= set(board.Tags()["scalars"])
+    checkpoint = torch.load(run.checkpoint_path, weights_only=True)
+    assert checkpoint["server"]["hijack"]["steps"] > 0
+
+
+def test_malicious_attack_is_validated_and_refused_centrally(tiny: Callable[..., Config], tmp_path: Path) -> None:
+    # Execute / Assert
+    with pytest.raises(ValueError, match="malicious.attack must be one of none, fsha"):
+        tiny(**{"malicious.attack": "tiger"})
+    with pytest.raises(ValueError, match="malicious.gradient-scale must be > 0"):
+        tiny(**{"malicious.gradient-scale": 0.0})
+    with pytest.raises(ValueError, match="federated server's attack"):
+        train_centralized(tiny(**{"malicious.attack": "fsha"}), log=lambda _: None)
