@@ -12,9 +12,9 @@ import torch
 from fl_cem.config import Config, TrainConfig
 from fl_cem.data.partition import local_test_indices
 from fl_cem.federated.reference import run_reference
-from fl_cem.federated.server_logic import SplitServer
+from fl_cem.federated.server_logic import Chunk, SplitServer
 from fl_cem.reporting.run_dir import RunDir
-from fl_cem.training.schedule import lr_at
+from fl_cem.training.schedule import Position, lr_at
 from fl_cem.training.setup import batches_per_epoch, drops_last
 
 from .conftest import simulate
@@ -89,6 +89,41 @@ def test_splitfed_keeps_one_set_of_decoder_statistics() -> None:
     assert server.client_norms == {}
 
 
+def test_server_mix_steps_on_mixed_batches_and_returns_each_client_its_own_gradients() -> None:
+    # Prepare: a wave of two label-skewed clients (client 0 only class 0, client 1 only class 1)
+    cfg = Config.from_flat({"federated.server-mix": True, "run.device": "cpu"})
+    server = SplitServer(cfg, (1, 8, 8), 10, torch.device("cpu"))
+    wave = [Chunk(c, torch.randn(16, 8, 2, 2), torch.full((16,), c), [16], [3], [5]) for c in (0, 1)]
+    served = []
+    step = server.shared.step
+
+    def spy(z: torch.Tensor, y: torch.Tensor, at: Position, source: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        grad, metrics = step(z, y, at, source)
+        served.append((z.detach().clone(), y.clone(), grad.clone()))
+        return grad, metrics
+
+    server.shared.step = spy  # type: ignore[method-assign]
+    # Execute
+    grads, metrics = server.serve_wave(wave, 1, 80)
+    # Assert: as many steps as batches sent, each on both clients' classes
+    assert len(served) == 2 and server.served == {3: 2} and metrics["count"] == 32
+    assert all(set(y.tolist()) == {0, 1} for _, y, _ in served)
+    # every row's gradient is the one computed for that row in its mixed batch, back with its client
+    for chunk in wave:
+        for row, z in enumerate(chunk.z):
+            matches = [g[i] for zs, _, g in served for i in range(len(zs)) if torch.equal(zs[i], z)]
+            assert len(matches) == 1 and torch.equal(grads[chunk.client][row], matches[0])
+    # the curious server recorded each client's batch as sent, with its source
+    assert server.interceptor.seen == 32 and set(server.interceptor.meta[:32, 0].tolist()) == {0, 1}
+
+
+def test_server_mix_needs_splitfed_v2_in_lockstep() -> None:
+    with pytest.raises(ValueError, match="federated.server-mix"):
+        Config.from_flat({"federated.server-mix": True, "federated.variant": "vanilla"})
+    with pytest.raises(ValueError, match="federated.server-mix"):
+        Config.from_flat({"federated.server-mix": True, "federated.order": "arrival"})
+
+
 def test_local_test_split_follows_the_clients_label_distribution() -> None:
     # Prepare: a client holding classes 1 and 3 in proportion 1:3; 50 test images per class
     test_labels = torch.arange(500) % 10
@@ -125,11 +160,14 @@ FLOWER_VS_REFERENCE_TOLERANCE = 0.02
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("variant", "sync", "scale"), [("splitfed-v2", "epoch", 1.0), ("splitfed-v1", "3", 1.0), ("vanilla", "round", 1.0), ("splitfed-v2", "1", 2.0)])
-def test_flower_path_computes_the_reference_protocol(tiny: Callable[..., Config], variant: str, sync: str, scale: float) -> None:
+@pytest.mark.parametrize(
+    ("variant", "sync", "scale", "mix"),
+    [("splitfed-v2", "epoch", 1.0, False), ("splitfed-v1", "3", 1.0, False), ("vanilla", "round", 1.0, False), ("splitfed-v2", "1", 2.0, False), ("splitfed-v2", "epoch", 1.0, True)],
+)
+def test_flower_path_computes_the_reference_protocol(tiny: Callable[..., Config], variant: str, sync: str, scale: float, mix: bool) -> None:
     # Prepare: 150 samples per client in batches of 32 = 5 batches a local epoch, 2 local epochs
-    cfg = tiny(**{"run.name": f"ref-{variant}-{sync}", "partition.num-partitions": 2, "federated.rounds": 2, "federated.local-epochs": 2,
-                  "federated.variant": variant, "federated.sync-every": sync, "federated.encoder-lr-scale": scale})
+    cfg = tiny(**{"run.name": f"ref-{variant}-{sync}-{mix}", "partition.num-partitions": 2, "federated.rounds": 2, "federated.local-epochs": 2,
+                  "federated.variant": variant, "federated.sync-every": sync, "federated.encoder-lr-scale": scale, "federated.server-mix": mix})
     # Execute
     simulate(cfg, num_clients=2)
     reference = run_reference(cfg, 2, log=lambda _: None)

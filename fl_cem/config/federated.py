@@ -33,6 +33,12 @@ class FederatedConfig:
     every batch makes one step on the mean gradient of N batches where centralized training
     takes N steps; the linear scaling rule (Goyal et al. 2017) sets this to N with
     ``sync-every = 1`` (docs/FEDERATED.md)."""
+    server_mix: bool = False
+    """SplitFed V2 with ``order = lockstep``: the server pools each wave's batches (one chunk of
+    every client), shuffles the samples and steps the decoder on as many mixed batches as it
+    was sent, instead of on one client's batch after another; under label skew each batch then
+    holds every client's classes (docs/FEDERATED.md). A client's gradient comes back only once
+    the whole wave is in."""
     chunk: int = 1
     """Batches per message; 1 is exact split learning, more trades exactness for speed."""
     client_timeout: float = 600.0
@@ -61,5 +67,9 @@ class FederatedConfig:
             raise ValueError(f"federated.sync-every must be 'round', 'epoch' or a positive number of batches; got {self.sync_every!r}")
         positive("federated.encoder-lr-scale", self.encoder_lr_scale)
         positive("federated.chunk", self.chunk)
+        if self.server_mix and (self.variant != "splitfed-v2" or self.order != "lockstep"):
+            raise ValueError(
+                f"federated.server-mix pools a lockstep wave into one shared decoder: it needs variant 'splitfed-v2' and order 'lockstep'; got {self.variant!r}, {self.order!r}"
+            )
         positive("federated.client-timeout", self.client_timeout)
         one_of("federated.order", self.order, SERVE_ORDERS)

@@ -28,7 +28,7 @@ from fl_cem.config import Config
 from fl_cem.federated.averaging import average_states
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.hijack import replay_from, round_line
-from fl_cem.federated.server_logic import SplitServer
+from fl_cem.federated.server_logic import Chunk, SplitServer
 from fl_cem.training.setup import resolve_device
 
 
@@ -59,6 +59,7 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
             if synced and not active:
                 _average(clients, synced, server)
                 active, synced = synced, []
+            wave: list[Chunk] = []
             for pid in list(active):
                 client = clients[pid]
                 if pid in grads:
@@ -69,7 +70,14 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
                         synced.append(pid)
                     continue
                 z, y, epochs, sizes, batches = client.next_chunk(fed.chunk)
+                if fed.server_mix:
+                    wave.append(Chunk(pid, z, y, sizes, epochs, batches))
+                    continue
                 grads[pid], served = server.serve(z, y, sizes, epochs, pid, server_round, batches, epoch_batches)
+                loss, correct, count = loss + served["loss_sum"], correct + served["correct"], count + served["count"]
+            if wave:
+                mixed, served = server.serve_wave(wave, server_round, epoch_batches)
+                grads.update(mixed)
                 loss, correct, count = loss + served["loss_sum"], correct + served["correct"], count + served["count"]
         client_metrics = _client_means(clients)
         hijack = server.hijack.score(replay_from({c.partition_id: c.loader for c in clients})) if server.hijack is not None else {}

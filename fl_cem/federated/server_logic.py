@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,17 @@ from fl_cem.federated.recorder import Interceptor
 from fl_cem.training.schedule import Position
 from fl_cem.training.server import Server
 from fl_cem.training.setup import build_model, build_server
+
+
+class Chunk(NamedTuple):
+    """One client's message of smashed batches in a wave (:meth:`SplitServer.serve_wave`)."""
+
+    client: int
+    z: Tensor
+    labels: Tensor
+    sizes: list[int]
+    epochs: list[int]
+    batches: list[int]
 
 
 class SplitServer:
@@ -137,6 +148,42 @@ class SplitServer:
             loss += float(metrics["loss"]) * size
             correct += int(metrics["correct"])
         return torch.cat(grads), {"loss_sum": loss, "correct": float(correct), "count": float(offset)}
+
+    def serve_wave(self, wave: list[Chunk], round_: int, epoch_batches: int) -> tuple[dict[int, Tensor], dict[str, float]]:
+        """``federated.server-mix``: serve one lockstep wave's batches, pooled and re-cut.
+
+        Under label skew every client batch holds a few classes, and a decoder stepping on one
+        client's batch after another is pulled from class to class: centrally, one model fed
+        the same sequence of ten Dirichlet-0.5 clients' batches reaches 0.130 on CIFAR-10 where
+        shuffled batches reach 0.292 (docs/FEDERATED.md). Here the server shuffles the wave's
+        samples (each client's chunk, recorded first as it arrived) and takes as many decoder
+        steps, on as many batches, as it was sent, each a mix of every client of the wave; every
+        client gets back the gradient of its own samples, in its order. SplitFed V2 only: one
+        shared decoder.
+        """
+        for chunk in wave:
+            offset = 0
+            for size, epoch, batch in zip(chunk.sizes, chunk.epochs, chunk.batches):
+                self.interceptor.offer(chunk.z[offset : offset + size], chunk.labels[offset : offset + size], chunk.client, round_, epoch, batch)
+                offset += size
+        z = torch.cat([c.z for c in wave]).to(self.device)
+        labels = torch.cat([c.labels for c in wave]).to(self.device)
+        epochs = [epoch for c in wave for epoch in c.epochs]
+        sources = tuple((c.client, c.epochs[0], c.batches[0]) for c in wave)
+        order = torch.randperm(len(z), generator=torch.Generator().manual_seed(hash((self.cfg.run.seed, round_, sources)) % 2**63))
+        grads = torch.empty_like(z)
+        loss, correct = 0.0, 0
+        for piece, epoch in zip(torch.tensor_split(order, len(epochs)), epochs):
+            self.served[epoch] = self.served.get(epoch, 0) + 1
+            grad, metrics = self.shared.step(z[piece], labels[piece], Position(epoch, self.served[epoch] - 1, epoch_batches))
+            grads[piece] = grad
+            loss += float(metrics["loss"]) * len(piece)
+            correct += int(metrics["correct"])
+        out, offset = {}, 0
+        for chunk in wave:
+            out[chunk.client] = grads[offset : offset + len(chunk.z)]
+            offset += len(chunk.z)
+        return out, {"loss_sum": loss, "correct": float(correct), "count": float(len(z))}
 
     def classify(self, z: Tensor, labels: Tensor, client: int) -> dict[str, float]:
         """Accuracy and loss of the decoder on one client's smashed evaluation data (its own statistics),

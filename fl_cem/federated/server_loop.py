@@ -33,7 +33,7 @@ from fl_cem.data import BatchLoader
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.exchange import Exchange, TooFewClients, discover
 from fl_cem.federated.hijack import replay_from, round_line
-from fl_cem.federated.server_logic import SplitServer
+from fl_cem.federated.server_logic import Chunk, SplitServer
 from fl_cem.federated.stats_recorder import StatsRecorder
 from fl_cem.federated.wire import from_record, to_record
 from fl_cem.reporting.board import Board
@@ -184,12 +184,21 @@ class FederatedRun:
         ``lockstep`` serves in waves: every active client once, in partition order. A wave is
         served as a pipeline, each chunk as soon as its predecessors in the wave are done, so
         early clients compute their next chunk while the server works through the later ones.
-        ``wave`` holds the rest of the current wave between calls.
+        ``wave`` holds the rest of the current wave between calls. With ``federated.server-mix``
+        a wave is released only whole (:meth:`SplitServer.serve_wave` pools it).
         """
         if self.cfg.federated.order == "arrival":
             ready = self.by_partition(waiting.values())
             waiting.clear()
             return ready
+        if self.cfg.federated.server_mix:  # the wave is served at once, when all of it is in
+            if not wave:
+                wave.extend(sorted(active, key=self.partition))
+            members = [node for node in wave if node in active]
+            if any(node not in waiting for node in members):
+                return []
+            wave.clear()
+            return [waiting.pop(node) for node in members]
         ready = []
         while active:
             if not wave:
@@ -232,6 +241,7 @@ class FederatedRun:
             replies, late = self.exchange.receive()
             active.difference_update(late)
             waiting.update((r.metadata.src_node_id, r) for r in replies)
+            mixed: dict[int, Chunk] = {}
             for reply in self.servable(waiting, active, wave):
                 node = reply.metadata.src_node_id
                 if reply.has_error():
@@ -248,6 +258,9 @@ class FederatedRun:
                     active.discard(node)
                     continue
                 data = from_record(reply.content["smashed"])
+                if self.cfg.federated.server_mix:
+                    mixed[node] = Chunk(int(meta["partition_id"]), data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), list(meta["batches"]))
+                    continue
                 tick = time.perf_counter()
                 try:
                     grads, metrics = self.server.serve(
@@ -260,8 +273,20 @@ class FederatedRun:
                 serving += time.perf_counter() - tick
                 for key in served:
                     served[key] += metrics[key]
-                step = ConfigRecord({"round": server_round, "start": False, "chunk": cfg.chunk})
-                self.exchange.send([Message(RecordDict({"config": step, "grads": to_record({"grads": grads})}), node, "train.step", group_id=str(server_round))])
+                self.send_grads(server_round, node, grads)
+            if mixed:
+                tick = time.perf_counter()
+                try:
+                    wave_grads, metrics = self.server.serve_wave(list(mixed.values()), server_round, epoch_batches)
+                except (ValueError, RuntimeError) as err:
+                    self.log(f"round {server_round}: a wave could not be served ({err}); its clients are left out of this round")
+                    active.difference_update(mixed)
+                    continue
+                serving += time.perf_counter() - tick
+                for key in served:
+                    served[key] += metrics[key]
+                for node, chunk in mixed.items():
+                    self.send_grads(server_round, node, wave_grads[chunk.client])
         done = self.by_partition(done)
         if len(done) < self.cfg.federated.min_clients:
             raise TooFewClients(
@@ -276,6 +301,10 @@ class FederatedRun:
             "round_trip_mean_s": (self.exchange.round_trip_s - trips_before) / max(messages, 1),
             "server_compute_s": serving,
         }
+
+    def send_grads(self, server_round: int, node: int, grads: torch.Tensor) -> None:
+        step = ConfigRecord({"round": server_round, "start": False, "chunk": self.cfg.federated.chunk})
+        self.exchange.send([Message(RecordDict({"config": step, "grads": to_record({"grads": grads})}), node, "train.step", group_id=str(server_round))])
 
     def continue_after_sync(self, server_round: int, synced: dict[int, Message]) -> set[int]:
         """The clients paused within a round go on: SplitFed's average of their encoders (and V1's
