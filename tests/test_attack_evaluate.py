@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from fl_cem.attacks.evaluate import attack_splits, limit_aux, make_attack, run_attack, split_images
 from fl_cem.attacks.rmle import RmleAttack
 from fl_cem.config import AttackConfig
-from tests.test_attack_inversion import one_thread  # noqa: F401  (autouse: train on one thread here too)
 
 CPU = torch.device("cpu")
 
