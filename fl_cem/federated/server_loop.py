@@ -241,7 +241,7 @@ class FederatedRun:
             replies, late = self.exchange.receive()
             active.difference_update(late)
             waiting.update((r.metadata.src_node_id, r) for r in replies)
-            mixed: dict[int, Chunk] = {}
+            chunks: dict[int, Chunk] = {}
             for reply in self.servable(waiting, active, wave):
                 node = reply.metadata.src_node_id
                 if reply.has_error():
@@ -258,35 +258,12 @@ class FederatedRun:
                     active.discard(node)
                     continue
                 data = from_record(reply.content["smashed"])
-                if self.cfg.federated.server_mix:
-                    mixed[node] = Chunk(int(meta["partition_id"]), data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), list(meta["batches"]))
-                    continue
-                tick = time.perf_counter()
-                try:
-                    grads, metrics = self.server.serve(
-                        data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), int(meta["partition_id"]), server_round, list(meta["batches"]), epoch_batches
-                    )
-                except (ValueError, RuntimeError) as err:
-                    self.log(f"round {server_round}: smashed data from node {node} could not be served ({err}); client left out of this round")
-                    active.discard(node)
-                    continue
-                serving += time.perf_counter() - tick
-                for key in served:
-                    served[key] += metrics[key]
-                self.send_grads(server_round, node, grads)
-            if mixed:
-                tick = time.perf_counter()
-                try:
-                    wave_grads, metrics = self.server.serve_wave(list(mixed.values()), server_round, epoch_batches)
-                except (ValueError, RuntimeError) as err:
-                    self.log(f"round {server_round}: a wave could not be served ({err}); its clients are left out of this round")
-                    active.difference_update(mixed)
-                    continue
-                serving += time.perf_counter() - tick
-                for key in served:
-                    served[key] += metrics[key]
-                for node, chunk in mixed.items():
-                    self.send_grads(server_round, node, wave_grads[chunk.client])
+                chunks[node] = Chunk(int(meta["partition_id"]), data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), list(meta["batches"]))
+                if not self.cfg.federated.server_mix:  # served at once: the client computes its next chunk meanwhile
+                    serving += self.serve_chunks(server_round, chunks, active, served, epoch_batches)
+                    chunks = {}
+            if chunks:
+                serving += self.serve_chunks(server_round, chunks, active, served, epoch_batches)
         done = self.by_partition(done)
         if len(done) < self.cfg.federated.min_clients:
             raise TooFewClients(
@@ -302,9 +279,30 @@ class FederatedRun:
             "server_compute_s": serving,
         }
 
-    def send_grads(self, server_round: int, node: int, grads: torch.Tensor) -> None:
+    def serve_chunks(self, server_round: int, chunks: dict[int, Chunk], active: set[int], served: dict[str, float], epoch_batches: int) -> float:
+        """Serve one client's chunk, or with ``federated.server-mix`` a whole wave (``chunks`` by
+        node), and send each client its gradients; returns the seconds spent serving. Chunks the
+        server cannot serve leave their clients out of the round."""
+        tick = time.perf_counter()
+        try:
+            if self.cfg.federated.server_mix:
+                grads, metrics = self.server.serve_wave(list(chunks.values()), server_round, epoch_batches)
+            else:
+                ((_, c),) = chunks.items()
+                grad, metrics = self.server.serve(c.z, c.labels, c.sizes, c.epochs, c.client, server_round, c.batches, epoch_batches)
+                grads = {c.client: grad}
+        except (ValueError, RuntimeError) as err:
+            self.log(f"round {server_round}: smashed data from node(s) {sorted(chunks)} could not be served ({err}); left out of this round")
+            active.difference_update(chunks)
+            return 0.0
+        seconds = time.perf_counter() - tick
+        for key in served:
+            served[key] += metrics[key]
         step = ConfigRecord({"round": server_round, "start": False, "chunk": self.cfg.federated.chunk})
-        self.exchange.send([Message(RecordDict({"config": step, "grads": to_record({"grads": grads})}), node, "train.step", group_id=str(server_round))])
+        for node, chunk in chunks.items():
+            message = Message(RecordDict({"config": step, "grads": to_record({"grads": grads[chunk.client]})}), node, "train.step", group_id=str(server_round))
+            self.exchange.send([message])
+        return seconds
 
     def continue_after_sync(self, server_round: int, synced: dict[int, Message]) -> set[int]:
         """The clients paused within a round go on: SplitFed's average of their encoders (and V1's
