@@ -357,3 +357,32 @@ def test_federated_attacks_run_only_on_the_named_victims(tmp_path: Path, monkeyp
     assert [a.mode for a in sweep_module.missing_attacks(results, spec.attacks)] == ["infer"]
     with pytest.raises(ValueError, match="victims must be a list of client partition ids"):
         load_sweep(write_sweep(tmp_path, 'attacks = [{ attack = "decoder", victims = ["a"] }]\n' + TINY_BASE, "bad.toml"))
+
+
+def test_an_attack_limited_to_some_cells_runs_and_is_required_only_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: two trained cells (their results only); the decoder on both, fora on lr0.02 only
+    text = (
+        'attacks = [{ attack = "decoder", mode = "train" }, { attack = "fora", mode = "train", cells = ["*lr0.02"] }]\n'
+        + TINY_BASE
+        + '[grid]\n"train.lr" = [0.01, 0.02]\n'
+    )
+    spec = load_sweep(write_sweep(tmp_path, text), output_dir=tmp_path / "runs")
+    for cell in spec.cells():
+        (spec.root / cell.name).mkdir(parents=True)
+        (spec.root / cell.name / "results.json").write_text(json.dumps({"config": {}, "final": {"test_accuracy": 0.5}, "attacks": []}))
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(sweep_module, "check_same_config", lambda results, cfg: None)
+    monkeypatch.setattr(sweep_module, "attack_run", lambda run, attack, mode, *a: calls.append((Path(run).name, attack)) or [])
+
+    # Execute
+    run_sweep(spec, log=lambda line: None)
+
+    # Assert: fora ran on the matching cell only, and only there is it missing until recorded
+    assert calls == [("centralized__lr0.01", "decoder"), ("centralized__lr0.02", "decoder"), ("centralized__lr0.02", "fora")]
+    recorded = {"final": {"test_accuracy": 0.5}, "attacks": [{"attack": "decoder", "mode": "train", "victim": "centralized"}]}
+    first, second = spec.cells()
+    assert sweep_module.missing_attacks(recorded, spec.attacks_for(first)) == []
+    assert [a.attack for a in sweep_module.missing_attacks(recorded, spec.attacks_for(second))] == ["fora"]
+    assert spec.manifest()["attacks"][1]["cells"] == ["*lr0.02"]
+    with pytest.raises(ValueError, match="cells must be a list of cell-name patterns"):
+        load_sweep(write_sweep(tmp_path, 'attacks = [{ attack = "decoder", cells = [3] }]\n' + TINY_BASE, "bad.toml"))

@@ -17,7 +17,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cells = select_cells(spec.cells(), args.only)
         print(f"sweep {spec.name}: {len(cells)} cells in {spec.root}, attacks {', '.join(f'{a.attack}/{a.mode}' for a in spec.attacks)}")
         for cell in cells:
-            print(f"  {cell.name}")
+            only_here = [f"{a.attack}/{a.mode}" for a in spec.attacks_for(cell) if a.cells]
+            print(f"  {cell.name}" + (f" (+ {', '.join(only_here)})" if only_here else ""))
         return 0
     summary = run_sweep(spec, only=args.only)
     if not args.no_report:

@@ -40,8 +40,9 @@ table); ``[[execution]]``, ``[[attacks]]`` and ``[[exclude]]`` tables work anywh
   as ``defense.prune-step`` may need its own value). Default: centralized.
 - ``attacks``: tables with ``attack``, optional ``mode`` (a string or a list; default both
   ``train`` and ``infer``, Sec. 5.1 "Threat model"), optional ``victims`` (the partition ids of a
-  federated cell's clients to attack; default every client: each costs a whole attack) and
-  ``attack.*`` overrides. Default: decoder and GAN, train and infer (the four MSE columns of
+  federated cell's clients to attack; default every client: each costs a whole attack), optional
+  ``cells`` (fnmatch patterns on cell names: the attack runs only on those, default every cell)
+  and ``attack.*`` overrides. Default: decoder and GAN, train and infer (the four MSE columns of
   Table 1).
 - ``exclude``: tables of ``key = value`` (config keys, or axis names matched on labels); a cell
   matching every entry of one table is left out.
@@ -52,6 +53,7 @@ not the sweep; unknown keys fail at load.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import re
 import tomllib
@@ -80,13 +82,18 @@ class Execution:
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One inversion attack to run on every cell: attack name, attacker's data, config overrides,
-    and which clients of a federated cell it attacks (``()``: every one)."""
+    """One inversion attack to run on the cells: attack name, attacker's data, config overrides,
+    which clients of a federated cell it attacks (``()``: every one), and which cells, as
+    fnmatch patterns on their names (``()``: every cell; a costly attack on a few rows)."""
 
     attack: str
     mode: str
     overrides: dict[str, Scalar] = field(default_factory=dict)
     victims: tuple[int, ...] = ()
+    cells: tuple[str, ...] = ()
+
+    def applies_to(self, cell: str) -> bool:
+        return not self.cells or any(fnmatch.fnmatchcase(cell, pattern) for pattern in self.cells)
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,10 @@ class SweepSpec:
             raise ValueError(f"sweep {self.name}: cells share the names {clashes}; give the axes or executions distinct labels")
         return cells
 
+    def attacks_for(self, cell: Cell) -> tuple[AttackSpec, ...]:
+        """The attacks that run on ``cell`` (those whose ``cells`` patterns match its name)."""
+        return tuple(attack for attack in self.attacks if attack.applies_to(cell.name))
+
     def manifest(self) -> dict[str, Any]:
         """What ``fl-cem report`` reads: executions, attacks and every cell with its labels and keys."""
         return {
@@ -164,7 +175,7 @@ class SweepSpec:
             "source": self.source,
             "axes": [axis.name for axis in self.axes],
             "executions": [execution.label for execution in self.executions],
-            "attacks": [{"attack": a.attack, "mode": a.mode, "overrides": a.overrides, "victims": list(a.victims)} for a in self.attacks],
+            "attacks": [{"attack": a.attack, "mode": a.mode, "overrides": a.overrides, "victims": list(a.victims), "cells": list(a.cells)} for a in self.attacks],
             "cells": [cell.to_json() for cell in self.cells()],
         }
 
@@ -323,9 +334,13 @@ def _attacks(entry: Any, known: set[str]) -> list[AttackSpec]:
     victims = entry.get("victims", [])
     if not isinstance(victims, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in victims):
         raise ValueError(f"attack {entry['attack']}: victims must be a list of client partition ids (integers >= 0); got {victims!r}")
-    keys = flatten({k: v for k, v in entry.items() if k not in ("attack", "mode", "victims")})
+    cells = entry.get("cells", [])
+    cells = [cells] if isinstance(cells, str) else cells
+    if not isinstance(cells, list) or not all(isinstance(c, str) and c for c in cells):
+        raise ValueError(f"attack {entry['attack']}: cells must be a list of cell-name patterns (fnmatch, e.g. 'centralized__bottleneck_*'); got {cells!r}")
+    keys = flatten({k: v for k, v in entry.items() if k not in ("attack", "mode", "victims", "cells")})
     _check_keys(keys, known, f"attack {entry['attack']}")
-    return [AttackSpec(str(entry["attack"]), mode, keys, tuple(victims)) for mode in modes]
+    return [AttackSpec(str(entry["attack"]), mode, keys, tuple(victims), tuple(cells)) for mode in modes]
 
 
 def _check_keys(keys: Mapping[str, Any], known: set[str], where: str) -> None:

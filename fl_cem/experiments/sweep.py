@@ -68,9 +68,9 @@ def run_sweep(spec: SweepSpec, log: Log = print, only: Sequence[str] = ()) -> Sw
     atomic_write_bytes(spec.root / "sweep.json", json.dumps(spec.manifest(), indent=2).encode())
     if spec.archive is not None:
         for cell in cells:
-            if restore_cell(cell, spec.root, spec.archive, spec.attacks):
+            if restore_cell(cell, spec.root, spec.archive, spec.attacks_for(cell)):
                 log(f"{cell.name}: restored from {spec.archive}")
-    pending = {cell.name for cell in cells if not cell_finished(spec.root / cell.name, spec.attacks)}
+    pending = {cell.name for cell in cells if not cell_finished(spec.root / cell.name, spec.attacks_for(cell))}
     log(f"sweep {spec.name}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to run in {spec.root}")
     summary = SweepSummary()
     began = time.perf_counter()
@@ -84,7 +84,7 @@ def run_sweep(spec: SweepSpec, log: Log = print, only: Sequence[str] = ()) -> Sw
         elapsed = time.perf_counter() - began
         eta = f"{elapsed / done * (len(pending) - done):.0f}s" if done else "unknown"
         log(f"{head}: running ({done}/{len(pending)} run so far, elapsed {elapsed:.0f}s, ETA {eta})")
-        status = run_cell(cell, spec.root, spec.attacks, _prefixed(log, f"  {head} "))
+        status = run_cell(cell, spec.root, spec.attacks_for(cell), _prefixed(log, f"  {head} "))
         if status["status"] == "done":
             summary.ran += 1
             log(f"{head}: done in {status['wall_s']:.0f}s")
