@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fl_cem.config import Config
 from fl_cem.reporting.collect import RunRecord
 from fl_cem.reporting.fit import exponential_fit
 from fl_cem.reporting.report import write_report
@@ -232,3 +233,19 @@ def test_report_states_the_sweeps_compute_in_hours(tmp_path: Path) -> None:
     # Assert: 2,700 s of training and 2 s of attacks
     assert report["provenance"]["compute_s"] == {"train": 2700.0, "attack": 2.0}
     assert "0.75 h of training and attacks in all (0.75 h training, 0.00 h attacks)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_key_an_older_run_predates_counts_as_its_default_and_splits_no_row(tmp_path: Path) -> None:
+    # Prepare: a pair whose CEM run was written before attack.unsplit-tv existed
+    old = {"defense.name": "bottleneck", "cem.lambda": 16.0, "run.seed": 0}
+    new = {"defense.name": "bottleneck", "cem.lambda": 0.0, "run.seed": 0, "attack.unsplit-tv": Config().attack.unsplit_tv}
+    write_run(tmp_path / "old", "centralized", old, {"test_accuracy": 0.8, "cem": {"hxz_relative": -300.0}}, 0.02)
+    write_run(tmp_path / "new", "centralized", new, {"test_accuracy": 0.9, "cem": {"hxz_relative": -900.0}}, 0.01)
+
+    # Execute
+    report = write_report(tmp_path)
+
+    # Assert: one pair, averaged, and no attack-setting column
+    assert [r["label"] for r in report["rows"]] == ["bottleneck", "bottleneck+CEM"]
+    assert len(report["averages"]) == 1
+    assert "attack.unsplit-tv" not in (tmp_path / "report" / "report.md").read_text()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fl_cem.config import Config
 from fl_cem.reporting.run_dir import RunDir
 
 QUALITY = ("mse", "psnr", "ssim")
@@ -167,8 +168,11 @@ def read_record(folder: Path, name: str, execution: str) -> RunRecord:
     status_path = folder / "status.json"
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     state = status.get("status") or ("done" if results.get("final") else "pending")
+    # a key the run predates counts as its default (as for resuming, Config.differences), so a
+    # key added since, such as a new attack's settings, does not split one setting into two rows
+    config = {**Config.defaults_flat(), **results["config"]} if results.get("config") else {}
     record = RunRecord(
-        name, execution, state, dict(results.get("config", {})), error=str(status.get("error", "")),
+        name, execution, state, config, error=str(status.get("error", "")),
         environment=dict(results.get("environment", {})), commit=str(results.get("commit", "")),
     )
     if results:
