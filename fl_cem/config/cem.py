@@ -56,7 +56,7 @@ class CEMConfig:
             raise ValueError("cem.secure-aggregation masks the uploads of cem.federation = global; with 'local' nothing is uploaded")
         non_negative("cem.stats-clip", self.stats_clip)
         non_negative("cem.stats-noise", self.stats_noise)
-        for key, value in (("cem.stats-clip", self.stats_clip), ("cem.stats-noise", self.stats_noise)):
+        for key, value in (("cem.stats-noise", self.stats_noise), ("cem.stats-clip", self.stats_clip)):
             if value > 0 and self.federation != "global":
                 raise ValueError(f"{key} acts on the uploads of cem.federation = global; with 'local' nothing is uploaded")
         if self.stats_noise > 0 and self.stats_clip == 0:
