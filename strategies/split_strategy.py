@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from torch import Tensor
 
 from fl_cem.cem import MixtureStats
-from fl_cem.cem.kmeans import combine_centres
+from fl_cem.cem.kmeans import combine_centres, lloyd_step_centres
 from fl_cem.federated.averaging import average_states
 from fl_cem.federated.secure_sum import unmask_sum
 from fl_cem.federated.wire import from_record, to_record
@@ -47,11 +47,17 @@ class SplitLearningStrategy:
     secure
         ``cem.secure-aggregation``: the clients' CEM uploads are masked and only their sum is
         read (:mod:`fl_cem.federated.secure_sum`).
+    bounded
+        ``cem.stats-clip`` > 0: the first refit step's uploads are a clipped Lloyd step's counts
+        and sums (:meth:`~fl_cem.federated.client_logic.SplitClient.lloyd_stats`), not local centres.
+    noised
+        ``cem.stats-noise`` > 0: the uploads carry Gaussian noise (:mod:`fl_cem.federated.stats_noise`),
+        so the merge projects the sum onto statistics that data could have (:meth:`MixtureStats.feasible`).
     """
 
     def __init__(
         self, fraction_train: float, averages_encoders: bool, classify: Classify, clusters_per_class: int, kmeans_iters: int, seed: int,
-        secure: bool = False,
+        secure: bool = False, bounded: bool = False, noised: bool = False,
     ) -> None:
         self.fraction_train = fraction_train
         self.averages_encoders = averages_encoders
@@ -60,6 +66,8 @@ class SplitLearningStrategy:
         self.kmeans_iters = kmeans_iters
         self.seed = seed
         self.secure = secure
+        self.bounded = bounded
+        self.noised = noised
         self.nodes: list[int] | None = None
         """Nodes the run has admitted (answered ``hello``); ``None`` means all of the grid's."""
 
@@ -137,7 +145,7 @@ class SplitLearningStrategy:
         return metrics
 
     # ------------------------------------------------------------------ CEM
-    def combine_cem_centres(self, replies: Iterable[Message], server_round: int) -> Tensor:
+    def combine_cem_centres(self, replies: Iterable[Message], server_round: int, reference: Tensor | None = None) -> Tensor:
         """Global initial centres from the clients' local k-means centres and counts.
 
         With secure aggregation the server holds only the sums of the clients' count-weighted
@@ -145,8 +153,18 @@ class SplitLearningStrategy:
         clients' centres in that slot (exact where local k-means was warm-started from the last
         global centres, which aligns the slots; on the first refit the slots of one class are
         unaligned and average towards the class mean, later refits separate them).
+
+        With ``bounded`` uploads the clients sent counts and clipped residual sums about the
+        ``reference`` (the last global centres, ``None`` at the first refit), and the centres are
+        one Lloyd step from it (:func:`~fl_cem.cem.kmeans.lloyd_step_centres`), on the (unmasked) sum.
         """
         parts = [from_record(r.content["centres"]) for r in replies]
+        if self.bounded:
+            total = unmask_sum(parts, integers={"counts"}) if self.secure else {
+                "counts": torch.stack([p["counts"] for p in parts]).sum(0), "sums": torch.stack([p["sums"].double() for p in parts]).sum(0)
+            }
+            generator = torch.Generator().manual_seed(self.seed + server_round)
+            return lloyd_step_centres(total["counts"], total["sums"], reference, self.clusters_per_class, generator)
         if self.secure:
             total = unmask_sum(parts, integers={"counts"})
             counts = total["counts"].double()
@@ -166,5 +184,7 @@ class SplitLearningStrategy:
         if self.secure:
             total = unmask_sum(parts, integers={"counts"})
             dtype = centres.dtype
-            return MixtureStats(centres.clone(), total["counts"], total["sums"].to(dtype), total["moments"].to(dtype))
-        return MixtureStats.merge([MixtureStats.from_state_dict(part) for part in parts])
+            merged = MixtureStats(centres.clone(), total["counts"], total["sums"].to(dtype), total["moments"].to(dtype))
+        else:
+            merged = MixtureStats.merge([MixtureStats.from_state_dict(part) for part in parts])
+        return merged.feasible() if self.noised else merged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -93,14 +94,15 @@ def test_the_recorder_keeps_each_clients_latest_uploads_only() -> None:
     assert [m["round"] for m in state["merged"]] == [2, 3]
 
 
-def channel_run(tmp_path: Path, secure: bool) -> dict[str, Any]:
-    """A federated run with global CEM, then ``cem_stats`` on client 0 (8 decoder epochs)."""
-    cfg = Config.from_flat({**TINY, **CHANNEL, "run.output-dir": str(tmp_path / "runs"), "cem.secure-aggregation": secure})
+def channel_run(tmp_path: Path, secure: bool, noise: dict[str, float] | None = None) -> dict[str, Any]:
+    """A federated run with global CEM (``noise``: ``cem.stats-*`` keys), then ``cem_stats`` on client 0 (8 decoder epochs)."""
+    cfg = Config.from_flat({**TINY, **CHANNEL, "run.output-dir": str(tmp_path / "runs"), "cem.secure-aggregation": secure, **(noise or {})})
     simulate(cfg, num_clients=3)
     run = tmp_path / "runs" / "tiny"
     record = torch.load(run / "intercept" / "cem_stats.pt", weights_only=True)
+    results = json.loads((run / "results.json").read_text())
     [outcome] = attack_run(str(run), "cem_stats", "train", 0, {"attack.epochs": 8}, log=lambda _: None)
-    return {"outcome": outcome, "record": record}
+    return {"outcome": outcome, "record": record, "results": results}
 
 
 def test_cem_stats_recovers_class_prototypes_from_clear_uploads(tmp_path: Path) -> None:

@@ -121,6 +121,8 @@ def attack_channel(run: RunDir, cfg: Config, mode: str, client: int | None, log:
                 "threat": str(model.threat),
                 "target_source": "cem-stats",
                 "channel_masked": bool(record["masked"]),
+                "channel_noise": cfg.cem.stats_noise,
+                "channel_clip": cfg.cem.stats_clip,
                 "upload_round": int(upload["round"]),
                 "upload_epoch": int(upload["epoch"]),
                 "encoder_source": "refit" if encoder is not None else "final",

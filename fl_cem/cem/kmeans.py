@@ -158,6 +158,46 @@ def combine_centres(
     return out
 
 
+def lloyd_step_centres(counts: Tensor, sums: Tensor, reference: Tensor | None, clusters_per_class: int, generator: torch.Generator) -> Tensor:
+    """Global centres from merged counts and (clipped, possibly noisy) residual sums: one Lloyd step.
+
+    The first refit step under ``cem.stats-clip`` (``fl_cem/federated/stats_noise.py``): each
+    centre moves to its cluster's mean ``c_j + S_j / n_j``; a slot whose merged count is below 1
+    (empty, or pushed there by the noise) keeps its ``reference`` centre. With no reference yet
+    (the first refit) the clients summed each class's features, about the origin, in the class's
+    first slot; the class mean ``m`` is then split into ``k`` centres ``m + s u_j`` along public
+    random unit directions ``u_j`` (``s`` = 1 % of ``|m|``), so that the nearest-centre
+    assignment of the next step cuts each class at its mean along the ``u_j``, and the step
+    after that moves the centres to the cells' means (the split's offsets do not bias them).
+
+    Parameters
+    ----------
+    counts, sums
+        ``(K,)`` merged counts and ``(K, d)`` merged sums of residuals about ``reference``.
+    reference
+        ``(K, d)`` centres the residuals were taken about, or ``None`` for the first refit.
+    clusters_per_class
+        ``k``.
+    generator
+        Source of the split's directions (public: the server's seed).
+
+    Returns
+    -------
+    Tensor
+        ``(K, d)`` float32 centres.
+    """
+    n = counts.double()
+    shift = sums.double() / n.clamp_min(1)[:, None]
+    if reference is not None:
+        return torch.where((n >= 1)[:, None], reference.double() + shift, reference.double()).float()
+    k = clusters_per_class
+    means = torch.where((n >= 1)[:, None], shift, torch.zeros_like(shift)).reshape(-1, k, sums.shape[1])[:, 0]  # (C, d)
+    directions = torch.randn(means.shape[0], k, sums.shape[1], generator=generator, dtype=torch.float64)
+    directions = directions / directions.norm(dim=2, keepdim=True)
+    scale = 0.01 * means.norm(dim=1).clamp_min(1e-3)
+    return (means[:, None, :] + scale[:, None, None] * directions).reshape(-1, sums.shape[1]).float()
+
+
 def _draw(weights: Tensor, generator: torch.Generator) -> int:
     """One index drawn with probability proportional to ``weights``, on the generator's device."""
     probs = weights.detach().to(device=generator.device, dtype=torch.float64)

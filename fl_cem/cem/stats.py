@@ -88,6 +88,15 @@ def assign(z: Tensor, labels: Tensor, centres: Tensor, clusters_per_class: int) 
     return labels * k + local
 
 
+def clip_rows(residuals: Tensor, clip: float) -> Tensor:
+    """Each row scaled down to L2 norm at most ``clip`` (``0``: unchanged), as DP-SGD clips
+    per-example gradients (Abadi et al., CCS 2016, Alg. 1): direction kept, norm bounded."""
+    if clip <= 0:
+        return residuals
+    norms = residuals.norm(dim=1, keepdim=True)
+    return residuals * (clip / norms.clamp_min(clip))
+
+
 def scatter_moments(residuals: Tensor, index: Tensor, size: int, mode: str) -> Tensor:
     """Per-cluster sums of second moments of ``residuals`` in the shape of ``mode``.
 
@@ -130,10 +139,18 @@ class MixtureStats:
 
     @classmethod
     @torch.no_grad()
-    def compute(cls, z: Tensor, labels: Tensor, centres: Tensor, clusters_per_class: int, mode: str) -> MixtureStats:
-        """Statistics of ``(B, d)`` features assigned to the nearest centre of their own class."""
-        index = assign(z, labels, centres, clusters_per_class)
-        residuals = z - centres.to(z.dtype)[index]
+    def compute(
+        cls, z: Tensor, labels: Tensor, centres: Tensor, clusters_per_class: int, mode: str, clip: float = 0.0, index: Tensor | None = None
+    ) -> MixtureStats:
+        """Statistics of ``(B, d)`` features assigned to the nearest centre of their own class.
+
+        ``clip > 0`` scales each residual ``z - c`` down to L2 norm at most ``clip`` first
+        (:func:`clip_rows`), which bounds what one feature adds: 1 to one count, at most ``clip``
+        (L2) to one cluster's sum and ``clip^2`` to its second moments (``||r r^T||_F = ||r||^2``,
+        and ``||r^2||_2 <= ||r||^2``). ``index`` replaces the nearest-centre assignment.
+        """
+        index = assign(z, labels, centres, clusters_per_class) if index is None else index
+        residuals = clip_rows(z - centres.to(z.dtype)[index], clip)
         size = centres.shape[0]
         return cls(
             centres=centres.to(z.dtype).clone(),
@@ -166,6 +183,37 @@ class MixtureStats:
             sums=torch.stack([p.sums for p in parts]).sum(0),
             moments=torch.stack([p.moments for p in parts]).sum(0),
         )
+
+    def feasible(self) -> MixtureStats:
+        """The nearest statistics that some data set could have produced, for noisy sums.
+
+        Gaussian noise on the uploads (``cem.stats-noise``) can make a merged count negative and
+        a cluster's covariance ``Q / n - o o^T`` indefinite, which no data has: a negative count
+        would flip the sign of a weight and a negative variance makes Eq. 7's log-determinant
+        undefined. Post-processing a differentially private release keeps its guarantee, so the
+        merge repairs them here: counts are clamped at 0, a cluster with none keeps no sum and no
+        moments (it stays empty, as :meth:`mixture` treats empty clusters), and the covariance is
+        projected onto the PSD cone (eigenvalues clamped at 0, full; entries clamped at 0, diag and
+        isotropic), with the moments rebuilt from it as ``n (Sigma + o o^T)`` so that
+        :meth:`mixture` returns the projected covariance.
+        """
+        counts = self.counts.clamp_min(0)
+        empty = counts == 0
+        n = counts.to(self.sums.dtype).clamp_min(1)
+        sums = torch.where(empty[:, None], torch.zeros_like(self.sums), self.sums)
+        offset = sums / n[:, None]
+        if self.mode == "full":
+            cov = self.moments / n[:, None, None] - offset[:, :, None] * offset[:, None, :]
+            values, vectors = torch.linalg.eigh(0.5 * (cov + cov.transpose(1, 2)))
+            cov = (vectors * values.clamp_min(0)[:, None, :]) @ vectors.transpose(1, 2)
+            moments = n[:, None, None] * (cov + offset[:, :, None] * offset[:, None, :])
+        elif self.mode == "diag":
+            moments = n[:, None] * ((self.moments / n[:, None] - offset.square()).clamp_min(0) + offset.square())
+        else:
+            square = offset.square().sum(1)
+            moments = n * ((self.moments / n - square).clamp_min(0) + square)
+        moments = torch.where(empty.reshape(-1, *[1] * (moments.dim() - 1)), torch.zeros_like(moments), moments)
+        return MixtureStats(self.centres.clone(), counts, sums, moments)
 
     def mixture(self) -> Mixture:
         """Maximum-likelihood ``(pi, mu, Sigma)`` given the hard assignment.

@@ -32,6 +32,17 @@ class CEMConfig:
     masks that cancel in the sum (Bonawitz et al. 2017, simulated without dropout recovery), so
     the server sees only the federation's sums; the merged statistics stay exact, and the first
     refit's centres become slot-wise averages instead of k-means on the clients' centres."""
+    stats_clip: float = 0.0
+    """``federation = global``: L2 bound C on each feature's residual about its cluster's
+    reference centre before it enters an upload, so one sample changes a count by 1, a sum by
+    at most C and the second moments by at most C^2; C > 0 also replaces the first refit step's
+    local k-means centres (whose sensitivity nothing bounds) with one clipped Lloyd step about
+    the server's centres (docs/CEM.md). 0: no clipping, today's protocol."""
+    stats_noise: float = 0.0
+    """Noise multiplier z of the Gaussian mechanism on each client's CEM uploads: every count,
+    sum and moment gets N(0, (z x its sensitivity)^2), before secure aggregation masks it
+    (needs ``stats-clip`` > 0); 0 turns it off. The guarantee per upload and per run is in
+    results.json (``cem_privacy``) and docs/CEM.md."""
 
     def __post_init__(self) -> None:
         non_negative("cem.lambda", self.lam)
@@ -43,10 +54,23 @@ class CEMConfig:
         positive("cem.kmeans-iters", self.kmeans_iters)
         if self.secure_aggregation and self.federation != "global":
             raise ValueError("cem.secure-aggregation masks the uploads of cem.federation = global; with 'local' nothing is uploaded")
+        non_negative("cem.stats-clip", self.stats_clip)
+        non_negative("cem.stats-noise", self.stats_noise)
+        for key, value in (("cem.stats-noise", self.stats_noise), ("cem.stats-clip", self.stats_clip)):
+            if value > 0 and self.federation != "global":
+                raise ValueError(f"{key} acts on the uploads of cem.federation = global; with 'local' nothing is uploaded")
+        if self.stats_noise > 0 and self.stats_clip == 0:
+            raise ValueError("cem.stats-noise needs cem.stats-clip > 0: without a clip one sample's effect on a sum is unbounded, so no noise scale protects it")
 
     @property
     def enabled(self) -> bool:
         return self.lam > 0
+
+    @property
+    def bounded_uploads(self) -> bool:
+        """Whether the uploads have bounded sensitivity (``stats-clip`` > 0): clipped residuals, and
+        a clipped Lloyd step instead of local k-means in the first refit step."""
+        return self.stats_clip > 0
 
     @property
     def fits_before_training(self) -> bool:

@@ -34,6 +34,7 @@ from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.exchange import Exchange, TooFewClients, discover
 from fl_cem.federated.hijack import replay_from, round_line
 from fl_cem.federated.server_logic import Chunk, SplitServer
+from fl_cem.federated.stats_noise import privacy_report
 from fl_cem.federated.stats_recorder import StatsRecorder
 from fl_cem.federated.wire import from_record, to_record
 from fl_cem.reporting.board import Board
@@ -64,6 +65,7 @@ class FederatedRun:
         self.strategy = SplitLearningStrategy(
             cfg.federated.fraction_train, cfg.federated.averages_encoders, self.server.classify,
             cfg.cem.clusters_per_class, cfg.cem.kmeans_iters, cfg.run.seed, cfg.cem.secure_aggregation,
+            bounded=cfg.cem.bounded_uploads, noised=cfg.cem.stats_noise > 0,
         )
         self.stats_recorder = StatsRecorder(cfg.attack.intercept_stats_max if cfg.attack.intercept_stats else 0, cfg.cem.secure_aggregation)
         self.strategy.nodes = sorted(self.nodes)
@@ -137,7 +139,7 @@ class FederatedRun:
             [Message(RecordDict({"config": seed_cfg, **records}), n, "query.cem_centres") for n in sampled]
         )
         self.check_refit_replies(server_round, replies, len(sampled))
-        centres = self.strategy.combine_cem_centres(replies, server_round)
+        centres = self.strategy.combine_cem_centres(replies, server_round, self.mixture.centres if self.mixture is not None else None)
         stats_replies = self.gather_sorted(
             [Message(RecordDict({"config": ConfigRecord(sum_cfg), "centres": to_record({"centres": centres})}), n, "query.cem_stats") for n in sampled]
         )
@@ -337,6 +339,7 @@ class FederatedRun:
             "commit": git_commit(),
             "environment": environment(),
             "clients": len(self.nodes),
+            **({"cem_privacy": self.cem_privacy()} if cfg.cem.enabled and cfg.cem.federation == "global" else {}),
             "rounds": self.history,
             **{k: v for k, v in self.run_dir.read_results().items() if k == "attacks"},
         }
@@ -408,6 +411,12 @@ class FederatedRun:
             if client not in self.replay_loaders:
                 self.replay_loaders[client] = SplitClient(self.cfg, client, count, device, None).loader
         return hijack.score(replay_from(self.replay_loaders))
+
+    def cem_privacy(self) -> dict[str, Any]:
+        """What ``cem.stats-noise`` guarantees a client's samples on the CEM channel, per release and
+        over the refits the config schedules (:func:`~fl_cem.federated.stats_noise.privacy_report`)."""
+        refits = sum(global_refit_due(self.cfg.cem, epoch) for epoch in range(self.cfg.total_epochs("federated")))
+        return privacy_report(self.cfg.cem, refits)
 
     def cem_summary(self, replies: list[Message]) -> dict[str, float]:
         """Per-client bounds (reported with the evaluation), their mean, and the merged mixture's."""
