@@ -38,11 +38,11 @@ class CEMStatsAttack(DecoderAttack):
     channel = "cem-stats"
 
     @torch.no_grad()
-    def prototypes(self, stats: MixtureStats, num_classes: int) -> tuple[Tensor, Tensor]:
+    def prototypes(self, stats: MixtureStats, num_classes: int, samples: int | None = None) -> tuple[Tensor, Tensor]:
         """One decoded prototype per class from one upload's statistics.
 
-        Each cluster contributes the mean of its decoded draws (``attack.stats-samples`` from
-        ``N(mean_j, Sigma_j)``; with 0, its decoded mean), weighted within its class by its
+        Each cluster contributes the mean of its decoded draws (``samples``, by default
+        ``attack.stats-samples``, from ``N(mean_j, Sigma_j)``; with 0, its decoded mean), weighted within its class by its
         count. Counts and covariances are clamped to be non-negative, so that statistics which
         are not what they claim (a masked upload read as clear) still decode to images.
 
@@ -56,11 +56,11 @@ class CEMStatsAttack(DecoderAttack):
         offset = stats.sums.double() / counts.clamp_min(1)[:, None]
         means = stats.centres.double() + offset
         spread = self._spread(stats, counts, offset)
+        samples = self.cfg.stats_samples if samples is None else samples
         decoded = []
         with seeded(self.seed, Stream.INVERT, self.device):
             for j in range(len(means)):
-                draws = max(self.cfg.stats_samples, 1)
-                noise = torch.randn(draws, means.shape[1], dtype=torch.float64) if self.cfg.stats_samples else means.new_zeros(1, means.shape[1])
+                noise = torch.randn(samples, means.shape[1], dtype=torch.float64) if samples else means.new_zeros(1, means.shape[1])
                 z = means[j] + noise @ spread[j].T
                 decoded.append(self.invert(z.float().nan_to_num().reshape(-1, *self.smashed_shape)).mean(0))
         images = torch.stack(decoded).reshape(num_classes, k, *self.input_shape)

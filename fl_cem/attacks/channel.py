@@ -95,10 +95,14 @@ def attack_channel(run: RunDir, cfg: Config, mode: str, client: int | None, log:
 
             try:
                 fit = model.fit(aux, on_epoch)
-                prototypes, _ = model.prototypes(upload_stats(upload, bool(record["masked"])), splits.num_classes)
+                # Under cem.stats-noise (public, as the protocol is) the uploaded second moments are
+                # mostly noise: drawing from them decoded worse than the means at every noise level
+                # measured (benchmarks/results/cem_channel_noise.json), so the attacker decodes the means.
+                samples = 0 if cfg.cem.stats_noise > 0 else cfg.attack.stats_samples
+                prototypes, _ = model.prototypes(upload_stats(upload, bool(record["masked"])), splits.num_classes, samples)
                 metrics = score_prototypes(prototypes, truth, present, aux, aux_labels)
                 refit = refit_of(record, upload) or record["merged"][-1]
-                merged, _ = model.prototypes(MixtureStats.from_state_dict(refit["stats"]), splits.num_classes)
+                merged, _ = model.prototypes(MixtureStats.from_state_dict(refit["stats"]), splits.num_classes, samples)
                 aggregate = score_prototypes(merged, truth, present, aux, aux_labels)
             except BaseException as err:
                 results = run.read_results()
@@ -123,6 +127,7 @@ def attack_channel(run: RunDir, cfg: Config, mode: str, client: int | None, log:
                 "channel_masked": bool(record["masked"]),
                 "channel_noise": cfg.cem.stats_noise,
                 "channel_clip": cfg.cem.stats_clip,
+                "stats_samples": samples,
                 "upload_round": int(upload["round"]),
                 "upload_epoch": int(upload["epoch"]),
                 "encoder_source": "refit" if encoder is not None else "final",

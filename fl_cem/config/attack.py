@@ -50,7 +50,8 @@ class AttackConfig:
     each holds a client's two uploads, about 3K x d floats with diagonal covariances, K x d x d with full."""
     stats_samples: int = 32
     """``cem_stats``: features drawn per cluster from the uploaded Gaussian (mean, covariance) and
-    decoded, whose decoded images are averaged into the class prototype (0: decode the means only)."""
+    decoded, whose decoded images are averaged into the class prototype (0: decode the means only;
+    a channel under ``cem.stats-noise`` is always decoded from its means, its moments being mostly noise)."""
     holdout: float = 0.1
     """``train`` mode: share of the training split held out as targets, never in the attacker's data."""
     aux_limit: int = 0
