@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable
 
 from fl_cem.config import Config
 from fl_cem.federated.detection import norm_dispersion, round_verdict
+from fl_cem.federated.hijack import FeatureSpaceHijack
 from fl_cem.federated.reference import run_reference
+from fl_cem.models.split import build_split_model
 from fl_cem.reporting.run_dir import RunDir
 from fl_cem.training.centralized import train_centralized
 
@@ -95,6 +100,79 @@ def test_the_flower_server_app_hijacks_and_reports_each_round(tiny: Callable[...
     assert {"hijack/inversion_mse", "hijack/mean_image_mse", "client/gradient_norm_cv", "client/hijack_alarm"} <= set(board.Tags()["scalars"])
     checkpoint = torch.load(run.checkpoint_path, weights_only=True)
     assert checkpoint["server"]["hijack"]["steps"] > 0
+
+
+def test_a_restored_hijacker_takes_the_same_next_steps(tiny: Callable[..., Config]) -> None:
+    # Prepare: a hijacker that has served 3 batches, checkpointed, and a fresh one loaded from it
+    cfg = tiny(**{"malicious.attack": "fsha", "noise.sigma": 0.1})
+    public = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    shape = build_split_model(cfg.model, (1, 8, 8), 10, (0.5,), (0.3,)).smashed_shape
+    z = torch.randn(8, 16, *shape, generator=torch.Generator().manual_seed(0))
+
+    def hijacker() -> FeatureSpaceHijack:
+        return FeatureSpaceHijack(cfg, public, 10, shape, torch.device("cpu"))
+
+    original = hijacker()
+    for i in range(3):
+        original.step(z[i], (0, 1, 0, i))
+    restored = hijacker()
+    restored.load_state_dict(torch.load(_saved(original.state_dict()), weights_only=True))
+    # Execute: both serve the next batches (a round's start, as after a resume)
+    original.start_round()
+    restored.start_round()
+    sent = [(original.step(z[i], (0, 2, 1, i)), restored.step(z[i], (0, 2, 1, i))) for i in range(3, 8)]
+    # Assert: the same gradients to the client, the same weights and optimizer moments after
+    for a, b in sent:
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for part in ("pilot", "inverse", "critic"):
+        for key, value in original.state_dict()[part].items():
+            torch.testing.assert_close(value, restored.state_dict()[part][key], rtol=0, atol=0, msg=f"{part}.{key}")
+    assert original.state_dict()["steps"] == restored.state_dict()["steps"] == 8
+    # a fresh hijacker (nothing restored) would have sent something else
+    assert not torch.equal(hijacker().step(z[3], (0, 2, 1, 3)), sent[0][0])
+
+
+def _saved(state: dict[str, Any]) -> Any:
+    """``state`` through ``torch.save`` into memory, as a checkpoint stores it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_a_killed_fsha_run_resumes_to_the_same_rounds(tiny: Callable[..., Config]) -> None:
+    # Prepare: the broken run loses every client in round 2, after round 1 was checkpointed
+    common = {"partition.num-partitions": 2, "federated.rounds": 3, "federated.min-clients": 1, "malicious.attack": "fsha", "malicious.scored": 64}
+    straight = tiny(**common, **{"run.name": "fsha-straight"})
+    broken = tiny(**common, **{"run.name": "fsha-broken"})
+
+    def all_fail_in_round_two(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if message.metadata.message_type == "train.step" and message.metadata.group_id == "2":
+            raise RuntimeError("killed")
+        return call_next(message, context)
+
+    # Execute
+    simulate(straight, num_clients=2)
+    with pytest.raises(Exception, match="min-clients"):
+        simulate(broken, num_clients=2, mods=[all_fail_in_round_two])
+    killed = torch.load(RunDir.for_config(broken).checkpoint_path, weights_only=True)
+    simulate(broken, num_clients=2)
+    # Assert: it was killed after round 1, and rounds 2-3 (served by the restored pilot, decoder,
+    # critic and their Adam states) score and report exactly what the uninterrupted run's did
+    assert killed["round"] == 2 and killed["server"]["hijack"]["steps"] > 0
+    a = json.loads(RunDir.for_config(straight).results_path.read_text())["rounds"]
+    b = json.loads(RunDir.for_config(broken).results_path.read_text())["rounds"]
+    assert [r["round"] for r in b] == [1, 2, 3]
+    for ours, theirs in zip(a, b, strict=True):
+        assert ours["hijack"] == theirs["hijack"]
+        assert ours["client"]["gradient_norm_cv"] == theirs["client"]["gradient_norm_cv"]
+        assert ours["test"]["accuracy_mean"] == theirs["test"]["accuracy_mean"]
+    sa = torch.load(RunDir.for_config(straight).checkpoint_path, weights_only=True)["server"]["hijack"]
+    sb = torch.load(RunDir.for_config(broken).checkpoint_path, weights_only=True)["server"]["hijack"]
+    assert sa["steps"] == sb["steps"]
+    for part in ("pilot", "inverse", "critic"):
+        for key in sa[part]:
+            torch.testing.assert_close(sa[part][key], sb[part][key], rtol=0, atol=0, msg=f"{part}.{key}")
 
 
 def test_malicious_attack_is_validated_and_refused_centrally(tiny: Callable[..., Config], tmp_path: Path) -> None:

@@ -184,6 +184,14 @@ class FeatureSpaceHijack:
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to serve the next round exactly as an uninterrupted one would
+        (``tests/test_fsha.py`` checks it bit for bit through a killed ServerApp).
+
+        The three networks (with their batch-norm statistics), both Adam states and the step
+        count, which seeds every random draw of :meth:`step`. Not stored: ``kept``, ``sums`` and
+        ``round_steps`` belong to one round (:meth:`start_round` clears them) and the server
+        checkpoints only between rounds, after :meth:`score`; the public images come from the config.
+        """
         return {
             "pilot": self.pilot.state_dict(),
             "inverse": self.inverse.state_dict(),
