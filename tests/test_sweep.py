@@ -339,6 +339,7 @@ def test_federated_attacks_run_only_on_the_named_victims(tmp_path: Path, monkeyp
     folder = spec.root / cell.name
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps({"kind": "federated", "clients": 3, "final": {"test_accuracy": 0.5}, "attacks": []}))
+    (folder / "checkpoint.pt").touch()
     calls: list[tuple[Any, ...]] = []
 
     def fake_attack(run: str, attack: str, mode: str, client: int | None, overrides: dict[str, Any]) -> list[dict[str, Any]]:
@@ -360,7 +361,7 @@ def test_federated_attacks_run_only_on_the_named_victims(tmp_path: Path, monkeyp
 
 
 def test_an_attack_limited_to_some_cells_runs_and_is_required_only_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Prepare: two trained cells (their results only); the decoder on both, fora on lr0.02 only
+    # Prepare: two trained cells (results and a checkpoint); the decoder on both, fora on lr0.02 only
     text = (
         'attacks = [{ attack = "decoder", mode = "train" }, { attack = "fora", mode = "train", cells = ["*lr0.02"] }]\n'
         + TINY_BASE
@@ -370,6 +371,7 @@ def test_an_attack_limited_to_some_cells_runs_and_is_required_only_there(tmp_pat
     for cell in spec.cells():
         (spec.root / cell.name).mkdir(parents=True)
         (spec.root / cell.name / "results.json").write_text(json.dumps({"config": {}, "final": {"test_accuracy": 0.5}, "attacks": []}))
+        (spec.root / cell.name / "checkpoint.pt").touch()
     calls: list[tuple[str, str]] = []
     monkeypatch.setattr(sweep_module, "check_same_config", lambda results, cfg: None)
     monkeypatch.setattr(sweep_module, "attack_run", lambda run, attack, mode, *a: calls.append((Path(run).name, attack)) or [])
@@ -386,3 +388,25 @@ def test_an_attack_limited_to_some_cells_runs_and_is_required_only_there(tmp_pat
     assert spec.manifest()["attacks"][1]["cells"] == ["*lr0.02"]
     with pytest.raises(ValueError, match="cells must be a list of cell-name patterns"):
         load_sweep(write_sweep(tmp_path, 'attacks = [{ attack = "decoder", cells = [3] }]\n' + TINY_BASE, "bad.toml"))
+
+
+def test_a_restored_cell_missing_an_attack_trains_again_and_keeps_its_restored_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a finished cell as restored from an archive (results, no checkpoint) lacking the fora attack
+    path = write_sweep(tmp_path, 'attacks = [{ attack = "fora", mode = "train" }]\n' + TINY_BASE)
+    spec = load_sweep(path, output_dir=tmp_path / "runs")
+    (cell,) = spec.cells()
+    folder = spec.root / cell.name
+    folder.mkdir(parents=True)
+    restored = {"final": {"test_accuracy": 0.5}, "attacks": [{"attack": "decoder", "mode": "train", "victim": "centralized"}]}
+    (folder / "results.json").write_text(json.dumps(restored))
+    calls: list[str] = []
+    monkeypatch.setattr(sweep_module, "check_same_config", lambda results, cfg: None)
+    monkeypatch.setattr(sweep_module, "train_centralized", lambda *a, **k: calls.append("train") or {"final": {"test_accuracy": 0.6}})
+    monkeypatch.setattr(sweep_module, "attack_run", lambda run, attack, mode, *a: calls.append(attack) or [])
+
+    # Execute
+    status = sweep_module.run_cell(cell, spec.root, spec.attacks, log=lambda line: None)
+
+    # Assert: trained, then attacked; the restored results are kept aside, not mixed with the new model's
+    assert status["status"] == "done" and calls == ["train", "fora"]
+    assert json.loads((folder / "results.previous.json").read_text()) == restored

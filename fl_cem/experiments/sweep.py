@@ -137,6 +137,13 @@ def run_cell(cell: Cell, root: Path, attacks: tuple[AttackSpec, ...], log: Log =
         cfg = Config.from_flat({**cell.overrides, "run.output-dir": str(root), "run.name": cell.name})
         results = run.read_results()
         check_same_config(results, cfg)
+        missing = missing_attacks(results, attacks)
+        if results.get("final") and missing and not run.checkpoint_path.is_file():
+            # a cell restored from its archive has no model to attack: train it again, keeping the
+            # restored results aside (their attacks were measured on the model being replaced)
+            log(f"no checkpoint to run {', '.join(f'{a.attack} {a.mode}' for a in missing)} on: training again (restored results kept in {run.previous_results_path.name})")
+            run.results_path.replace(run.previous_results_path)
+            results = {}
         if not results.get("final"):
             status["stage"] = "train"
             write_status(run, status)
