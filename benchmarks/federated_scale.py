@@ -195,6 +195,8 @@ def timing_mod(folder: str) -> Callable[..., Any]:
     """A Flower Mod timing each ClientApp call (wall and CPU) in the actor that runs it, with the
     size of the ``context.state`` it leaves; one JSON line per message in ``folder/<pid>.jsonl``."""
 
+    files: dict[int, Any] = {}
+
     def mod(message: Any, context: Any, call_next: Callable[..., Any]) -> Any:
         wall, cpu = time.perf_counter(), time.process_time()
         reply = call_next(message, context)
@@ -204,8 +206,9 @@ def timing_mod(folder: str) -> Callable[..., Any]:
             "cpu_s": time.process_time() - cpu,
             "state_bytes": state_bytes(context.state),
         }
-        with open(os.path.join(folder, f"{os.getpid()}.jsonl"), "a") as out:
-            out.write(json.dumps(line) + "\n")
+        if os.getpid() not in files:  # one line-buffered file per actor process, opened once
+            files[os.getpid()] = open(os.path.join(folder, f"{os.getpid()}.jsonl"), "a", buffering=1)
+        files[os.getpid()].write(json.dumps(line) + "\n")
         return reply
 
     return mod
