@@ -18,8 +18,8 @@ federated epoch time is the sum of those rounds' training phases as the server m
 epoch time is the training loop of one epoch, with this process on ``--threads`` threads (default:
 every core). The federated server runs on ``--server-threads`` (default 1): its two client actors
 keep both cores busy, and a second OpenMP thread then waits on a descheduled one in every
-parallel region (a decoder step on 50 images took 1.84 s at two threads against 0.38 s at one,
-measured beside the client load).
+parallel region (with two server threads beside the actors a decoder step on 50 images took
+1.8 s; alone under the machine's other load, 1.84 s at two threads against 0.38 s at one).
 
 Memory is the largest sum, sampled every 0.5 s, of the resident set sizes of this process and
 all its descendants (Ray's GCS, raylet, workers and the client actors), split by kind at the
