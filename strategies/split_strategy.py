@@ -4,7 +4,7 @@ Within a round the ServerApp serves smashed batches one message at a time, which
 ``Strategy``'s one-message-per-client round (``Strategy.start``) cannot express, so the round
 loop is ``FederatedRun``'s and this class is not a ``Strategy`` subclass: it keeps the
 ``configure_*`` / ``aggregate_*`` names Flower users know. Everything decided per round lives here:
-which clients train (``fraction-train``), what they start from (the SplitFed average encoder
+which clients train (``fraction-train``, ``sampling``) and are evaluated (``fraction-evaluate``), what they start from (the SplitFed average encoder
 with SplitFed, Thapa et al., AAAI 2022), how encoders, metrics and CEM
 statistics are aggregated, and how the per-client evaluation is summarised.
 """
@@ -53,13 +53,20 @@ class SplitLearningStrategy:
     noised
         ``cem.stats-noise`` > 0: the uploads carry Gaussian noise (:mod:`fl_cem.federated.stats_noise`),
         so the merge projects the sum onto statistics that data could have (:meth:`MixtureStats.feasible`).
+    sampling
+        ``federated.sampling``: ``random`` draws every round afresh (Flower's ``FedAvg``),
+        ``epoch`` walks a permutation so every client trains once per pass (:meth:`sample`).
+    fraction_evaluate
+        Share of clients evaluated after each round (:meth:`configure_evaluate`).
     """
 
     def __init__(
         self, fraction_train: float, averages_encoders: bool, classify: Classify, clusters_per_class: int, kmeans_iters: int, seed: int,
-        secure: bool = False, bounded: bool = False, noised: bool = False,
+        secure: bool = False, bounded: bool = False, noised: bool = False, sampling: str = "random", fraction_evaluate: float = 1.0,
     ) -> None:
         self.fraction_train = fraction_train
+        self.sampling = sampling
+        self.fraction_evaluate = fraction_evaluate
         self.averages_encoders = averages_encoders
         self.classify = classify
         self.clusters_per_class = clusters_per_class
@@ -76,10 +83,23 @@ class SplitLearningStrategy:
         return list(self.nodes) if self.nodes is not None else sorted(grid.get_node_ids())
 
     def sample(self, server_round: int, node_ids: list[int]) -> list[int]:
-        """A reproducible sample of ``ceil(fraction * n)`` nodes for this round."""
+        """A reproducible sample of ``ceil(fraction * n)`` nodes for this round (``node_ids`` in a
+        run-independent order: the loop passes them in partition order).
+
+        ``random`` draws each round independently, as Flower's ``sample_nodes`` does: over
+        ``1 / fraction`` rounds a client is missed with probability ``(1 - fraction)^(1 / fraction)``
+        (35 % at 0.1). ``epoch`` shuffles all nodes once per pass of ``ceil(n / count)`` rounds and
+        hands out consecutive slices of that permutation, so a pass trains every client once
+        (the last slice of a pass is shorter when ``count`` does not divide ``n``).
+        """
         count = max(1, math.ceil(self.fraction_train * len(node_ids)))
-        order = torch.randperm(len(node_ids), generator=torch.Generator().manual_seed(self.seed * 1009 + server_round))
-        return sorted(node_ids[i] for i in order[:count].tolist())
+        if self.sampling == "random":
+            order = torch.randperm(len(node_ids), generator=torch.Generator().manual_seed(self.seed * 1009 + server_round))
+            return sorted(node_ids[i] for i in order[:count].tolist())
+        per_pass = math.ceil(len(node_ids) / count)
+        walked, slot = divmod(server_round - 1, per_pass)
+        order = torch.randperm(len(node_ids), generator=torch.Generator().manual_seed(self.seed * 1009 + 104729 * (walked + 1)))
+        return sorted(node_ids[i] for i in order[slot * count : (slot + 1) * count].tolist())
 
     # ------------------------------------------------------------------ train
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int]) -> Iterable[Message]:
@@ -117,7 +137,16 @@ class SplitLearningStrategy:
         content = {"config": config}
         if self.averages_encoders and len(arrays):
             content["encoder"] = arrays
-        return [Message(RecordDict(dict(content)), node, "evaluate.test", group_id=str(server_round)) for node in self.eligible(grid)]
+        return [Message(RecordDict(dict(content)), node, "evaluate.test", group_id=str(server_round)) for node in self.evaluated(server_round, self.eligible(grid))]
+
+    def evaluated(self, server_round: int, node_ids: list[int]) -> list[int]:
+        """The ``ceil(fraction_evaluate * n)`` nodes evaluated after this round: all of them at
+        1.0, else a reproducible uniform draw of its own (Flower's ``fraction_evaluate``)."""
+        count = max(1, math.ceil(self.fraction_evaluate * len(node_ids)))
+        if count >= len(node_ids):
+            return list(node_ids)
+        order = torch.randperm(len(node_ids), generator=torch.Generator().manual_seed(self.seed * 1009 + server_round + 15485863))
+        return [node_ids[i] for i in sorted(order[:count].tolist())]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Per-client accuracy on the global test split and on the client's local test split

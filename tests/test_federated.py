@@ -218,3 +218,56 @@ def test_global_cem_refits_at_the_epochs_centralized_training_refits(tiny: Calla
     assert [e for e in central_refits if e < 4] == [1, 2, 3]
     results = json.loads(RunDir.for_config(fed).results_path.read_text())
     assert results["status"] == "finished" and "global_hxz_relative" in results["rounds"][-1]["cem"]
+
+
+def test_epoch_sampling_covers_every_client_and_the_window_does_not_change_results(tiny: Callable[..., Config]) -> None:
+    # Prepare: 4 clients, 2 a round with sampling = epoch -> rounds 1-2 train each client once;
+    # one client evaluated per round; the same run with one message in flight at a time
+    common = {"partition.num-partitions": 4, "federated.rounds": 2, "federated.fraction-train": 0.5, "federated.sampling": "epoch",
+              "federated.fraction-evaluate": 0.25, "cem.lambda": 0.0}
+    open_window = tiny(**common, **{"run.name": "open", "federated.max-in-flight": 0})
+    narrow = tiny(**common, **{"run.name": "narrow", "federated.max-in-flight": 1})
+    # Execute
+    simulate(open_window, num_clients=4)
+    simulate(narrow, num_clients=4)
+    # Assert
+    rounds = json.loads(RunDir.for_config(open_window).results_path.read_text())["rounds"]
+    trained = [r["trained_partitions"] for r in rounds]
+    assert [len(t) for t in trained] == [2, 2] and sorted(trained[0] + trained[1]) == [0, 1, 2, 3]
+    assert all(r["test"]["clients"] == 1 for r in rounds)
+    assert [r["trained_partitions"] for r in json.loads(RunDir.for_config(narrow).results_path.read_text())["rounds"]] == trained
+    for partition in trained[1]:
+        a, b = federated_weights(RunDir.for_config(open_window), partition), federated_weights(RunDir.for_config(narrow), partition)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_clients_of_one_process_share_their_partitions_and_model(tiny: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: drawing the partitions costs O(N) partitioner calls and building VGG11 50 ms, so
+    # both once per process (drawing them per client made N = 1,000 quadratic: 6 s a client)
+    from fl_cem.federated import client_logic
+
+    calls = {"partitions": 0, "model": 0}
+    real_partitions, real_model = client_logic.partition_indices, client_logic.build_model
+
+    def counted_partitions(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["partitions"] += 1
+        return real_partitions(*args, **kwargs)
+
+    def counted_model(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["model"] += 1
+        return real_model(*args, **kwargs)
+
+    monkeypatch.setattr(client_logic, "partition_indices", counted_partitions)
+    monkeypatch.setattr(client_logic, "build_model", counted_model)
+    for cache in (client_logic._partitions, client_logic._model, client_logic._template):
+        cache.cache_clear()
+    cfg = tiny(**{"partition.num-partitions": 6, "run.seed": 11})
+    # Execute
+    clients = [SplitClient(cfg, pid, 6, torch.device("cpu"), None) for pid in range(6)]
+    # Assert: one draw and one model for six clients, each with its own encoder and the same start
+    assert calls == {"partitions": 1, "model": 1}
+    assert len({id(c.client.encoder) for c in clients}) == 6
+    first, last = clients[0].client.encoder.state_dict(), clients[-1].client.encoder.state_dict()
+    assert all(torch.equal(first[k], last[k]) for k in first)
+    assert len({int(i) for c in clients for i in c.loader.indices}) == sum(len(c.loader.indices) for c in clients)

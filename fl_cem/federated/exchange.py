@@ -11,6 +11,7 @@ partition before the first round.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -47,23 +48,50 @@ def client_cause(reason: str) -> str:
 
 @dataclass
 class Exchange:
-    """Messages in flight, pulled as they arrive, with a deadline per message."""
+    """Messages in flight, pulled as they arrive, with a deadline per message.
+
+    At most ``window`` messages are pushed at a time (0: no limit); the rest wait here, in the
+    order they were sent, and are pushed as replies come back. Flower's simulation engine scans
+    every stored message once per node every 0.1 s (``vce_api.add_messages_to_queue`` calls
+    ``InMemoryLinkState.get_message_ins`` per node, which walks the whole store), a pure-Python
+    loop of nodes x messages that holds the driver's GIL: at N = 1,000 with 100 messages pushed
+    it took a core and slowed the server's decoder steps several-fold (README, "1,000 clients").
+    Only messages that Flower holds count: a reply pulled and waiting to be served does not, so
+    the window never stalls the round. The order of sends is kept, and lockstep sends in the order
+    it serves, so results do not depend on the window.
+    """
 
     grid: Grid
     timeout: float
     log: Callable[[str], None]
+    window: int = 0
     in_flight: dict[str, tuple[int, float]] = field(default_factory=dict)
+    queued: deque[Message] = field(default_factory=deque)
     replies: int = 0
     round_trip_s: float = 0.0
 
     def send(self, messages: Iterable[Message]) -> None:
-        messages = list(messages)
+        self.queued.extend(messages)
+        self._release()
+
+    def _release(self) -> None:
+        """Push queued messages while the window has room; the deadline runs from the push."""
+        room = len(self.queued) if self.window <= 0 else self.window - len(self.in_flight)
+        batch = [self.queued.popleft() for _ in range(min(room, len(self.queued)))]
+        if not batch:
+            return
         now = time.monotonic()
-        for msg_id, msg in zip(self.grid.push_messages(messages), messages):
+        for msg_id, msg in zip(self.grid.push_messages(batch), batch):
             self.in_flight[msg_id] = (msg.metadata.dst_node_id, now)
+
+    @property
+    def pending(self) -> bool:
+        """Messages pushed and not yet answered, or still waiting for the window."""
+        return bool(self.in_flight or self.queued)
 
     def receive(self) -> tuple[list[Message], list[int]]:
         """Replies that arrived, and nodes whose message ran past the deadline (dropped)."""
+        self._release()
         replies = list(self.grid.pull_messages(list(self.in_flight))) if self.in_flight else []
         now = time.monotonic()
         for reply in replies:
@@ -75,6 +103,7 @@ class Exchange:
         late = [self.in_flight.pop(msg_id)[0] for msg_id in expired]
         for node in late:
             self.log(f"client on node {node} did not answer within {self.timeout:.0f}s; left out of this round")
+        self._release()
         if not replies and self.in_flight:
             time.sleep(POLL_SECONDS)
         return replies, late
@@ -87,7 +116,7 @@ class Exchange:
         so waiting for the others would only hide the cause behind a timeout.
         """
         self.send([message])
-        while self.in_flight:
+        while self.pending:
             replies, late = self.receive()
             if late:
                 raise ClientFailed(f"client on node {late[0]} did not answer its first message within {self.timeout:.0f}s (federated.client-timeout)")
@@ -101,7 +130,7 @@ class Exchange:
         """Send and wait for all replies (or their deadlines); errors are logged and dropped."""
         self.send(messages)
         good: list[Message] = []
-        while self.in_flight:
+        while self.pending:
             replies, _ = self.receive()
             for reply in replies:
                 if reply.has_error():

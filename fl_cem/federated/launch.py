@@ -28,6 +28,10 @@ asked for none (``ray/_private/worker.py``). Only the message is silenced: setti
 client, and with ``run.device = auto`` put them all on GPU 0 outside Ray's accounting."""
 
 
+RAY_WORKER_NICENESS = "RAY_worker_niceness"
+"""Ray's setting (``ray_constants.RAY_WORKER_NICENESS``) for the niceness of the worker processes it starts."""
+
+
 def run_federated(
     cfg: Config, num_clients: int | None = None, client_cpus: float = 1.0, mods: list | None = None, client_gpus: float = 0.0
 ) -> dict[str, Any]:
@@ -47,6 +51,10 @@ def run_federated(
     from fl_cem.server_app import make_server_app
 
     clients = num_clients or cfg.partition.num_partitions
+    # Ray starts its workers, and so every client actor, at nice 15 (its worker_niceness), below
+    # this process: under any other load on the machine the clients then starve while the server
+    # waits for them (README, "1,000 clients"). Split learning's clients are on the critical path.
+    os.environ.setdefault(RAY_WORKER_NICENESS, "0")
     # Ray workers need not share this process's working directory: pass absolute paths.
     absolute = {"run.output-dir": str(Path(cfg.run.output_dir).resolve())}
     if cfg.data.root:

@@ -54,7 +54,7 @@ class FederatedRun:
         self.cfg = cfg
         self.log = log
         self.run_dir = RunDir.for_config(cfg)
-        self.exchange = Exchange(grid, cfg.federated.client_timeout, log)
+        self.exchange = Exchange(grid, cfg.federated.client_timeout, log, cfg.federated.max_in_flight)
         self.nodes = discover(grid, self.exchange, cfg, log)
         first = next(iter(self.nodes.values()))
         self.shape = tuple(int(s) for s in first["shape"])
@@ -66,9 +66,12 @@ class FederatedRun:
             cfg.federated.fraction_train, cfg.federated.averages_encoders, self.server.classify,
             cfg.cem.clusters_per_class, cfg.cem.kmeans_iters, cfg.run.seed, cfg.cem.secure_aggregation,
             bounded=cfg.cem.bounded_uploads, noised=cfg.cem.stats_noise > 0,
+            sampling=cfg.federated.sampling, fraction_evaluate=cfg.federated.fraction_evaluate,
         )
         self.stats_recorder = StatsRecorder(cfg.attack.intercept_stats_max if cfg.attack.intercept_stats else 0, cfg.cem.secure_aggregation)
-        self.strategy.nodes = sorted(self.nodes)
+        # Partition order, not node-id order: node ids are random per run, so sampling over them
+        # picked different partitions in every run of the same config.
+        self.strategy.nodes = sorted(self.nodes, key=self.partition)
         self.global_encoder = ArrayRecord()
         self.mixture: MixtureStats | None = None
         self.client_states: dict[int, bytes] = {}
@@ -354,6 +357,7 @@ class FederatedRun:
                 if global_refit_due(cfg.cem, first_epoch):
                     self.refit_global_cem(server_round, sampled, first_epoch)
                 done, train_metrics = self.train_round(server_round, sampled)
+                aggregating = time.perf_counter()
                 encoder, client_metrics = self.strategy.aggregate_train(server_round, done)
                 if encoder is not None:
                     self.global_encoder = encoder
@@ -361,7 +365,9 @@ class FederatedRun:
                 for reply in done:
                     self.client_states[int(reply.content["config"]["partition_id"])] = bytes(reply.content["state"]["blob"])
                 train_time = time.perf_counter() - tick
+                aggregate_time = time.perf_counter() - aggregating
                 hijack = self.hijack_score()
+                evaluating = time.perf_counter()
                 eval_config = ConfigRecord({"seed": cfg.run.seed + server_round})
                 eval_replies = self.gather_sorted(self.strategy.configure_evaluate(server_round, self.global_encoder, eval_config, self.grid))
                 evaluation = self.strategy.aggregate_evaluate(server_round, eval_replies)
@@ -372,7 +378,10 @@ class FederatedRun:
                     "round": server_round,
                     "lr": self.server.shared.schedule.lr(Position(last_epoch)),
                     "train_time_s": train_time,
+                    "aggregate_time_s": aggregate_time,
+                    "eval_time_s": time.perf_counter() - evaluating,
                     "clients_trained": len(done),
+                    "trained_partitions": [int(r.content["config"]["partition_id"]) for r in done],
                     **train_metrics,
                     "client": dict(client_metrics or {}),
                     "test": dict(evaluation or {}),
@@ -380,10 +389,12 @@ class FederatedRun:
                     "hijack": hijack,
                 }
                 self.history.append(record)
+                saving = time.perf_counter()
                 self.save(server_round + 1)
                 self.server.interceptor.save(self.run_dir.root / "intercept" / "intercept.pt")
                 if self.stats_recorder.uploads:
                     self.stats_recorder.save(self.run_dir.root / "intercept" / "cem_stats.pt")
+                record["save_time_s"] = time.perf_counter() - saving
                 self.run_dir.write_results(results)
                 self.log_round(board, record, server_round, began)
             results["final"] = self.summary()
