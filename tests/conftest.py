@@ -55,3 +55,18 @@ def simulate(cfg: Config, num_clients: int, mods: list | None = None) -> None:
         num_supernodes=num_clients,
         backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2, "include_dashboard": False}},
     )
+
+
+def simulate_killed_in_round_two(cfg: Config, num_clients: int) -> None:
+    """Run ``cfg`` with every client failing in round 2, after round 1 was checkpointed, so that
+    the run stops (``federated.min-clients``) and a second :func:`simulate` resumes it."""
+    from flwr.app import Context, Message
+    from flwr.clientapp.typing import ClientAppCallable
+
+    def all_fail_in_round_two(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if message.metadata.message_type == "train.step" and message.metadata.group_id == "2":
+            raise RuntimeError("killed")
+        return call_next(message, context)
+
+    with pytest.raises(Exception, match="min-clients"):
+        simulate(cfg, num_clients, mods=[all_fail_in_round_two])
