@@ -16,7 +16,9 @@ alpha = 0.5. ``epoch_seconds`` is in-process compute, not a Flower epoch time
 (``benchmarks/federated_overhead.py`` measures that).
 
 Prints a table and writes ``benchmarks/results/federated_accuracy.json`` and ``.png``
-(accuracy against N, one line per variant and partition, the centralized accuracy dashed).
+(accuracy against N, one line per variant and partition, the centralized accuracy dashed);
+cells an earlier run at the same ``--passes`` measured and this one did not are kept, each
+cell with the commit that measured it.
 
 ``--cifar10 sim_configs/cifar10_subset_cpu.toml`` instead trains that CIFAR-10 config centrally
 and through Flower's simulation engine with 10 clients (its partition, CEM and defense as
@@ -163,15 +165,27 @@ def main() -> None:
                     cell = {"partition": partition, "variant": variant, "clients": n, "test_accuracy_mean": last["accuracy_mean"],
                             "test_accuracy_min": last["accuracy_min"], "test_accuracy_max": last["accuracy_max"],
                             "gap_to_centralized": reference - last["accuracy_mean"], "seconds": seconds,
-                            "epoch_seconds": seconds / args.passes}
+                            "epoch_seconds": seconds / args.passes, "commit": git_commit()}
                     cells.append(cell)
                     print(f"{partition:9s} {variant:11s} N={n:4d}: test acc {cell['test_accuracy_mean']:.3f} "
                           f"(min {cell['test_accuracy_min']:.3f}, gap {cell['gap_to_centralized']:+.3f}) {seconds:.0f} s", flush=True)
+    path = RESULTS / "federated_accuracy.json"
     out = {"passes": args.passes, "centralized_test_accuracy": reference, "centralized_epoch_seconds": central_s / args.passes,
-           "cells": cells, "commit": git_commit(), "environment": environment()}
+           "cells": merged(path, args.passes, cells), "commit": git_commit(), "environment": environment()}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "federated_accuracy.json").write_text(json.dumps(out, indent=2))
+    path.write_text(json.dumps(out, indent=2))
     plot(out, RESULTS / "federated_accuracy.png")
+
+
+def merged(path: Path, passes: int, cells: list[dict]) -> list[dict]:
+    """``cells`` plus the cells of an earlier run at the same passes that this run did not
+    repeat, so ``--variants vanilla`` re-measures those rows without dropping the others."""
+    if not path.exists() or json.loads(path.read_text())["passes"] != passes:
+        return cells
+    key = lambda cell: (cell["partition"], cell["variant"], cell["clients"])  # noqa: E731
+    fresh = {key(cell) for cell in cells}
+    kept = [cell for cell in json.loads(path.read_text())["cells"] if key(cell) not in fresh]
+    return sorted(kept + cells, key=key)
 
 
 def plot(out: dict, path: Path) -> None:

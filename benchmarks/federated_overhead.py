@@ -2,7 +2,7 @@
 round trips, where the time goes, and peak memory of all processes at N = 10 and N = 100.
 
 Usage: ``python benchmarks/federated_overhead.py [--workload digits|cifar10] [--clients 1 10]
-[--memory-clients 10 100]``
+[--memory-clients 10 100] [--also federated.server-mix=true]``
 
 All in one process, side by side, on the same data and model: VGG11 split after conv 2 with the
 bottleneck, lambda = 0, three epochs (federated: three rounds of one local epoch; ``lockstep``
@@ -23,7 +23,9 @@ process (centralized trainer, federated server) on one thread and on every core:
 is how ``flwr run`` runs the server, and the fair reference for a federation whose clients
 also compute on those cores. Peak memory is
 the largest sum of resident set sizes of this process and every Ray process, sampled every
-0.2 s. Prints and writes ``benchmarks/results/federated_overhead[_cifar10].json``.
+0.2 s. ``--also KEY=VALUE ...`` runs every federated cell a second time with those keys, side
+by side (``federated_<N>_also``): what an option such as ``federated.server-mix`` costs.
+Prints and writes ``benchmarks/results/federated_overhead[_cifar10].json``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tempfile import TemporaryDirectory
 import torch
 
 from fl_cem.config import Config
+from fl_cem.config.flat import parse_override
 from fl_cem.federated.launch import run_federated
 from fl_cem.reporting.run_dir import atomic_write_bytes, environment
 from fl_cem.training.centralized import train_centralized
@@ -104,6 +107,7 @@ def main() -> None:
     parser.add_argument("--memory-clients", type=int, nargs="*", help="extra client counts measured at one thread (default: 10 100 for digits, none for cifar10)")
     parser.add_argument("--chunk", type=int, default=1, help="batches per message (1 = exact)")
     parser.add_argument("--order", default="lockstep", choices=["lockstep", "arrival"])
+    parser.add_argument("--also", nargs="*", default=[], metavar="KEY=VALUE", help="run each federated cell again with these keys")
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/federated_overhead[_WORKLOAD].json)")
     args = parser.parse_args()
     if args.memory_clients is None:
@@ -113,7 +117,8 @@ def main() -> None:
         BASE["data.root"] = args.cifar_root
     suffix = "" if args.workload == "digits" else f"_{args.workload}"
     out_path = Path(args.out) if args.out else RESULTS / f"federated_overhead{suffix}.json"
-    out: dict[str, object] = {"environment": environment(), "workload": args.workload, "setting": BASE}
+    also = dict(parse_override(item) for item in args.also)
+    out: dict[str, object] = {"environment": environment(), "workload": args.workload, "setting": BASE, "also": also}
     cores = os.cpu_count() or 1
     with TemporaryDirectory() as tmp:
         # Side by side at two thread counts of this process (the centralized trainer, or the
@@ -125,24 +130,25 @@ def main() -> None:
             figures: dict[str, object] = {"threads": threads, "centralized_epoch_s": central}
             print(f"{label} ({threads} threads): centralized epoch {central:.2f} s")
             for n in sorted(sizes):
-                cfg = Config.from_flat({**BASE, "run.output-dir": tmp, "run.name": f"fed{n}_{label}", "partition.num-partitions": n})
-                with PeakMemory() as memory:
-                    rounds = run_federated(cfg, n)["rounds"]
-                epoch = statistics.median(r["train_time_s"] for r in rounds)
-                row = {
-                    "epoch_s": epoch,
-                    "ratio_to_centralized": epoch / central,
-                    "messages": statistics.median(r["messages"] for r in rounds),
-                    "round_trip_mean_ms": 1000 * statistics.median(r["round_trip_mean_s"] for r in rounds),
-                    "server_compute_s": statistics.median(r["server_compute_s"] for r in rounds),
-                    "peak_rss_mib_all_processes": memory.peak,
-                }
-                figures[f"federated_{n}"] = row
-                print(
-                    f"  federated N={n}: epoch {row['epoch_s']:.2f} s (x{row['ratio_to_centralized']:.2f} centralized), "
-                    f"{row['messages']:.0f} messages, round trip {row['round_trip_mean_ms']:.0f} ms, "
-                    f"server compute {row['server_compute_s']:.2f} s, peak memory {memory.peak:.0f} MiB"
-                )
+                for name, keys in ((f"federated_{n}", {}), (f"federated_{n}_also", also)) if also and n in args.clients else ((f"federated_{n}", {}),):
+                    cfg = Config.from_flat({**BASE, **keys, "run.output-dir": tmp, "run.name": f"{name}_{label}", "partition.num-partitions": n})
+                    with PeakMemory() as memory:
+                        rounds = run_federated(cfg, n)["rounds"]
+                    epoch = statistics.median(r["train_time_s"] for r in rounds)
+                    row = {
+                        "epoch_s": epoch,
+                        "ratio_to_centralized": epoch / central,
+                        "messages": statistics.median(r["messages"] for r in rounds),
+                        "round_trip_mean_ms": 1000 * statistics.median(r["round_trip_mean_s"] for r in rounds),
+                        "server_compute_s": statistics.median(r["server_compute_s"] for r in rounds),
+                        "peak_rss_mib_all_processes": memory.peak,
+                    }
+                    figures[name] = row
+                    print(
+                        f"  {name}: epoch {row['epoch_s']:.2f} s (x{row['ratio_to_centralized']:.2f} centralized), "
+                        f"{row['messages']:.0f} messages, round trip {row['round_trip_mean_ms']:.0f} ms, "
+                        f"server compute {row['server_compute_s']:.2f} s, peak memory {memory.peak:.0f} MiB"
+                    )
             out[label] = figures
     atomic_write_bytes(out_path, json.dumps(out, indent=2).encode())
     print(f"wrote {out_path}")

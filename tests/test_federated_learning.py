@@ -15,7 +15,7 @@ from fl_cem.federated.reference import run_reference
 from fl_cem.federated.server_logic import Chunk, SplitServer
 from fl_cem.reporting.run_dir import RunDir
 from fl_cem.training.schedule import Position, lr_at
-from fl_cem.training.setup import batches_per_epoch, drops_last
+from fl_cem.training.setup import batches_per_epoch, drops_last, schedule_of
 
 from .conftest import simulate
 
@@ -178,3 +178,16 @@ def test_flower_path_computes_the_reference_protocol(tiny: Callable[..., Config]
         for pid in (0, 1):
             key = f"accuracy_client_{pid}"
             assert abs(ours["test"][key] - theirs["test"][key]) <= FLOWER_VS_REFERENCE_TOLERANCE
+
+
+@pytest.mark.parametrize(("variant", "divide", "expected"), [("vanilla", True, 0.1), ("vanilla", False, 1.0), ("splitfed-v2", True, 1.0)])
+def test_a_vanilla_encoder_learns_at_one_over_n_of_the_rate(variant: str, divide: bool, expected: float) -> None:
+    # Prepare: ten clients, constant rate 0.05
+    cfg = Config.from_flat({"federated.variant": variant, "federated.vanilla-lr-divide": divide, "train.schedule": "constant",
+                            "train.warmup-epochs": 0.0, "train.lr": 0.05})
+    # Execute
+    client, server = (schedule_of(cfg, "federated", party, clients=10) for party in ("client", "server"))
+    # Assert: only a vanilla client's encoder is slowed, by N; the decoder keeps train.lr
+    at = Position(0, 0, 10)
+    assert client.lr(at) == pytest.approx(0.05 * expected)
+    assert server.lr(at) == pytest.approx(0.05)

@@ -92,3 +92,25 @@ def test_sigmoid_bounds_the_smashed_data() -> None:
     model = build_split_model(ModelConfig(sigmoid=True), CIFAR, 10, *STATS)
     z = model.encoder(torch.randn(3, *CIFAR) * 10)
     assert float(z.min()) >= 0 and float(z.max()) <= 1
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "resnet20"])
+def test_group_norm_encoder_normalises_each_image_on_its_own(arch: str) -> None:
+    # Prepare: the same seed with batch and with group norm in the encoder
+    torch.manual_seed(0)
+    batch = build_split_model(ModelConfig(arch=arch, cut=2), CIFAR, 10, *STATS)
+    torch.manual_seed(0)
+    group = build_split_model(ModelConfig(arch=arch, cut=2, encoder_norm="group"), CIFAR, 10, *STATS)
+    x = torch.rand(4, *CIFAR)
+    # Execute: an image smashed alone and inside a batch, in training mode
+    alone, together = group.encoder.train()(x[:1]), group.encoder(x)[:1]
+    # Assert: no batch norm left in the encoder, none removed from the decoder; the decoder
+    # initialised alike; an image's smashed data no longer depends on its batch
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in group.encoder.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in group.encoder.modules())
+    assert all(torch.equal(a, b) for a, b in zip(batch.decoder.state_dict().values(), group.decoder.state_dict().values()))
+    assert group.smashed_shape == batch.smashed_shape
+    torch.testing.assert_close(alone, together)
+    assert not torch.allclose(batch.encoder.train()(x[:1]), batch.encoder(x)[:1])
+    with pytest.raises(ValueError, match="model.encoder-norm"):
+        ModelConfig(encoder_norm="layer")

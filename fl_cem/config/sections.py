@@ -84,6 +84,7 @@ class PartitionConfig:
 
 
 ARCHS = ("vgg11", "resnet20")
+ENCODER_NORMS = ("batch", "group")
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,15 @@ class ModelConfig:
     """Scale of the server-side conv widths (VGG11 only; 1 = the paper's). A narrower decoder
     makes CPU-scale reproductions affordable; the client's encoder is unchanged."""
 
+    encoder_norm: str = "batch"
+    """The encoder's normalisation: ``batch`` (the paper's VGG11-BN / ResNet-20) or ``group``
+    (GroupNorm in place of every encoder BatchNorm; under label skew each client's batch
+    statistics differ from the ones evaluation uses, docs/FEDERATED.md). The decoder keeps
+    batch norm."""
+
     def __post_init__(self) -> None:
         one_of("model.arch", self.arch, ARCHS)
+        one_of("model.encoder-norm", self.encoder_norm, ENCODER_NORMS)
         limit = 3 if self.arch == "vgg11" else 4
         if not 1 <= self.cut <= limit:
             raise ValueError(f"model.cut must be between 1 and {limit} for {self.arch}; got {self.cut}")

@@ -141,7 +141,7 @@ def _template(config_json: str, partition_id: int, num_partitions: int, device: 
     indices = _partitions(config_json, num_partitions)[partition_id].sort().values
     shared = _model(config_json, device)
     model = replace(shared, encoder=copy.deepcopy(shared.encoder))  # the client's own encoder; the decoder is the server's
-    client = build_client(cfg, model, splits.num_classes, len(indices), torch.device(device), "federated")
+    client = build_client(cfg, model, splits.num_classes, len(indices), torch.device(device), "federated", clients=num_partitions)
     loader = train_loader(splits.train, cfg, splits.natural, torch.device(device), cfg.run.seed + 7919 * partition_id, indices)
     local_test = local_test_indices(splits.test.labels, splits.train.labels[indices.to(splits.train.labels.device)], splits.num_classes, cfg.run.seed, partition_id)
     template = Template(client, loader, local_test, {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -44,3 +46,23 @@ def bottleneck_layers(in_channels: int, channels: int, sigmoid: bool) -> list[nn
     if sigmoid:
         layers.append(nn.Sigmoid())
     return layers
+
+
+def group_norm_in_place_of_batch_norm(module: nn.Module) -> nn.Module:
+    """``module`` with every ``BatchNorm2d`` replaced by a ``GroupNorm`` of the same channels.
+
+    Batch norm normalises a batch by its own statistics in training and by running averages at
+    evaluation. A federated client's batch holds its own skewed mix of classes, so its encoder
+    trains on features normalised by per-client statistics that evaluation never uses; group
+    norm (Wu and He, ECCV 2018; proposed for label-skewed federated learning by Hsieh et al.,
+    ICML 2020) normalises each image on its own. Groups: 32 as Wu and He, at least two
+    channels each (the 8-channel bottleneck gets 4). The new layers start at weight 1, bias 0,
+    as batch norm does, and draw no random numbers, so the rest of the model initialises alike.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            channels = child.num_features
+            setattr(module, name, nn.GroupNorm(math.gcd(32, max(1, channels // 2)), channels))
+        else:
+            group_norm_in_place_of_batch_norm(child)
+    return module

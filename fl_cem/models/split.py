@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fl_cem.config import ModelConfig
+from fl_cem.models.layers import group_norm_in_place_of_batch_norm
 from fl_cem.models.resnet import resnet20_split
 from fl_cem.models.vgg import vgg11_split
 
@@ -50,6 +51,8 @@ def build_split_model(
         std=std,
         **widths,
     )
+    if cfg.encoder_norm == "group":
+        encoder = group_norm_in_place_of_batch_norm(encoder)
     with torch.no_grad():
         smashed = encoder.eval()(torch.zeros(1, *input_shape))
     encoder.train()

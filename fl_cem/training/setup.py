@@ -131,25 +131,31 @@ def train_loader(data: ImageSet, cfg: Config, natural: bool, device: torch.devic
     )
 
 
-def schedule_of(cfg: Config, kind: str, party: str) -> Schedule:
-    """The learning-rate schedule of ``party`` (``client`` or ``server``) in a ``kind`` run.
+def schedule_of(cfg: Config, kind: str, party: str, clients: int = 1) -> Schedule:
+    """The learning-rate schedule of ``party`` (``client`` or ``server``) in a ``kind`` run of ``clients`` clients.
 
     A federated client's rate is scaled by ``federated.encoder-lr-scale``: each encoder takes one
-    step per own batch while the shared decoder takes one per batch of every client
-    (docs/FEDERATED.md).
+    step per own batch while the shared decoder takes one per batch of every client; a vanilla
+    client's also by 1/N (``federated.vanilla-lr-divide``; docs/FEDERATED.md).
     """
-    scale = cfg.federated.encoder_lr_scale if kind == "federated" and party == "client" else 1.0
-    return Schedule(cfg.train, cfg.total_epochs(kind), scale)
+    if kind != "federated" or party != "client":
+        return Schedule(cfg.train, cfg.total_epochs(kind), 1.0)
+    fed = cfg.federated
+    divide = clients if fed.variant == "vanilla" and fed.vanilla_lr_divide else 1
+    return Schedule(cfg.train, cfg.total_epochs(kind), fed.encoder_lr_scale / divide)
 
 
-def build_client(cfg: Config, model: SplitModel, num_classes: int, dataset_size: int, device: torch.device, kind: str = "centralized") -> Client:
-    """Encoder (possibly reshaped by the defense), defense, optimizer, CEM statistics and schedule."""
+def build_client(
+    cfg: Config, model: SplitModel, num_classes: int, dataset_size: int, device: torch.device, kind: str = "centralized", clients: int = 1
+) -> Client:
+    """Encoder (possibly reshaped by the defense), defense, optimizer, CEM statistics and schedule;
+    ``clients`` is the federation's size N, which sets a vanilla encoder's rate."""
     defense = get_defense(cfg.defense.name)(cfg, Shapes(model.input_shape, model.smashed_shape))
     memory_format = model_format(device, model.input_shape)
     encoder = place(defense.wrap_encoder(model.encoder), device, memory_format)
     defense.to(device)
     cem = ConditionalEntropy(cfg.cem, cfg.noise.sigma, num_classes, dataset_size)
-    return Client(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, memory_format, cem, schedule_of(cfg, kind, "client"), kind)
+    return Client(encoder, defense, sgd(encoder.parameters(), cfg.train), cfg.noise.sigma, memory_format, cem, schedule_of(cfg, kind, "client", clients), kind)
 
 
 def build_server(cfg: Config, model: SplitModel, device: torch.device, kind: str = "centralized", recorder: Recorder | None = None) -> Server:
