@@ -15,7 +15,7 @@ from fl_cem.federated.reference import run_reference
 from fl_cem.federated.server_logic import Chunk, SplitServer
 from fl_cem.reporting.run_dir import RunDir
 from fl_cem.training.schedule import Position, lr_at
-from fl_cem.training.setup import batches_per_epoch, drops_last, schedule_of
+from fl_cem.training.setup import batches_per_epoch, client_batch_size, drops_last, schedule_of
 
 from .conftest import simulate
 
@@ -191,3 +191,18 @@ def test_a_vanilla_encoder_learns_at_one_over_n_of_the_rate(variant: str, divide
     at = Position(0, 0, 10)
     assert client.lr(at) == pytest.approx(0.05 * expected)
     assert server.lr(at) == pytest.approx(0.05)
+
+
+def test_proportional_client_batches_give_every_client_the_same_number_of_batches() -> None:
+    # Prepare: three unequal partitions (the sizes of a Dirichlet split), batch 64
+    sizes = [91, 485, 715]
+    fixed, proportional = (Config.from_flat({"train.batch-size": 64, "federated.client-batch": kind}) for kind in ("fixed", "proportional"))
+    # Execute
+    batches = {cfg.federated.client_batch: [batches_per_epoch(n, client_batch_size(cfg, sizes, pid)) for pid, n in enumerate(sizes)] for cfg in (fixed, proportional)}
+    # Assert: fixed batches leave the big client alone in the last waves; proportional ones
+    # (1,291 / (3 x 64) = 7 batches each, of 13, 70 and 103 images) keep every client in every wave
+    assert batches["fixed"] == [1, 8, 11]
+    assert batches["proportional"] == [7, 7, 7]
+    assert [client_batch_size(proportional, sizes, pid) for pid in range(3)] == [13, 70, 103]
+    with pytest.raises(ValueError, match="federated.client-batch"):
+        Config.from_flat({"federated.client-batch": "equal"})

@@ -9,6 +9,7 @@ from fl_cem.config.checks import fraction, one_of, positive
 VARIANTS = ("splitfed-v2", "splitfed-v1", "vanilla")
 SERVE_ORDERS = ("lockstep", "arrival")
 SAMPLINGS = ("random", "epoch")
+CLIENT_BATCHES = ("fixed", "proportional")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,13 @@ class FederatedConfig:
     was sent, instead of on one client's batch after another; under label skew each batch then
     holds every client's classes (docs/FEDERATED.md). A client's gradient comes back only once
     the whole wave is in."""
+    client_batch: str = "fixed"
+    """A client's training batch: ``fixed``, ``train.batch-size`` for every client (the authors'
+    protocol); or ``proportional``, its partition size over a number of batches per epoch that
+    every client shares (the federation's size over N x ``train.batch-size``), so under a
+    Dirichlet split of unequal sizes every lockstep wave still holds a batch of every client, and
+    with ``server-mix`` the wave pooled is a sample of the whole federation's data in its
+    proportions, as a centralized shuffled batch is (docs/FEDERATED.md)."""
     chunk: int = 1
     """Batches per message; 1 is exact split learning, more trades exactness for speed."""
     max_in_flight: int = 16
@@ -93,6 +101,7 @@ class FederatedConfig:
         if not (self.sync_every in ("round", "epoch") or (self.sync_every.isdigit() and int(self.sync_every) > 0)):
             raise ValueError(f"federated.sync-every must be 'round', 'epoch' or a positive number of batches; got {self.sync_every!r}")
         positive("federated.encoder-lr-scale", self.encoder_lr_scale)
+        one_of("federated.client-batch", self.client_batch, CLIENT_BATCHES)
         positive("federated.chunk", self.chunk)
         if self.server_mix and (self.variant != "splitfed-v2" or self.order != "lockstep"):
             raise ValueError(

@@ -39,7 +39,7 @@ from fl_cem.federated.stats_noise import add_noise, noise_seed
 from fl_cem.models.split import SplitModel
 from fl_cem.training.client import Client, global_refit_due
 from fl_cem.training.schedule import Position
-from fl_cem.training.setup import build_client, build_model, train_loader
+from fl_cem.training.setup import build_client, build_model, client_batch_size, train_loader
 from fl_cem.training.step import batch_seed
 
 
@@ -138,11 +138,13 @@ def _model(config_json: str, device: str) -> SplitModel:
 def _template(config_json: str, partition_id: int, num_partitions: int, device: str) -> Template:
     cfg = Config.from_flat(json.loads(config_json))
     splits = _device_splits(config_json, device)
-    indices = _partitions(config_json, num_partitions)[partition_id].sort().values
+    partitions = _partitions(config_json, num_partitions)
+    indices = partitions[partition_id].sort().values
+    batch_size = client_batch_size(cfg, [len(p) for p in partitions], partition_id)
     shared = _model(config_json, device)
     model = replace(shared, encoder=copy.deepcopy(shared.encoder))  # the client's own encoder; the decoder is the server's
     client = build_client(cfg, model, splits.num_classes, len(indices), torch.device(device), "federated", clients=num_partitions)
-    loader = train_loader(splits.train, cfg, splits.natural, torch.device(device), cfg.run.seed + 7919 * partition_id, indices)
+    loader = train_loader(splits.train, cfg, splits.natural, torch.device(device), cfg.run.seed + 7919 * partition_id, indices, batch_size)
     local_test = local_test_indices(splits.test.labels, splits.train.labels[indices.to(splits.train.labels.device)], splits.num_classes, cfg.run.seed, partition_id)
     template = Template(client, loader, local_test, {})
     template.initial = copy.deepcopy(client.state_dict())
@@ -194,6 +196,7 @@ class SplitClient:
             "partition_id": self.partition_id,
             "num_partitions": self.num_partitions,
             "num_examples": self.num_examples,
+            "batches": len(self.loader),
             "pixel_var": self.splits.pixel_var,
             "pixel_entropy": self.splits.pixel_entropy,
             "num_classes": self.splits.num_classes,

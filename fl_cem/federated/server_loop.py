@@ -42,7 +42,7 @@ from fl_cem.reporting.progress import eta_line
 from fl_cem.reporting.run_dir import CHECKPOINT_LAYOUT, RunDir, RunFolderTaken, atomic_torch_save, environment, git_commit, refuse_other_kind
 from fl_cem.training.client import global_refit_due
 from fl_cem.training.schedule import Position
-from fl_cem.training.setup import batches_per_epoch, resolve_device
+from fl_cem.training.setup import resolve_device
 from strategies.split_strategy import SplitLearningStrategy
 
 
@@ -231,7 +231,7 @@ class FederatedRun:
                 msg.content["mixture"] = to_record(self.mixture.state_dict())
         self.exchange.send(messages)
         active = {m.metadata.dst_node_id for m in messages}
-        epoch_batches = sum(batches_per_epoch(int(self.nodes[node]["num_examples"]), self.cfg.train.batch_size) for node in active)
+        epoch_batches = sum(int(self.nodes[node]["batches"]) for node in active)
         synced: dict[int, Message] = {}
         waiting: dict[int, Message] = {}
         wave: list[int] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -112,23 +113,41 @@ def drops_last(num_samples: int, batch_size: int) -> bool:
     return num_samples >= batch_size and 0 < num_samples % batch_size < batch_size / 2
 
 
-def train_loader(data: ImageSet, cfg: Config, natural: bool, device: torch.device, seed: int, indices: Tensor | None = None) -> BatchLoader:
+def train_loader(
+    data: ImageSet, cfg: Config, natural: bool, device: torch.device, seed: int, indices: Tensor | None = None, batch_size: int | None = None
+) -> BatchLoader:
     """Shuffled, augmented training batches, the same for centralized training and every client.
 
-    A trailing batch under half the batch size is dropped (:func:`drops_last`).
+    ``batch_size`` defaults to ``train.batch-size`` (a client's may differ:
+    :func:`client_batch_size`). A trailing batch under half the batch size is dropped
+    (:func:`drops_last`).
     """
     size = len(data) if indices is None else len(indices)
+    batch_size = batch_size or cfg.train.batch_size
     return BatchLoader(
         data,
-        cfg.train.batch_size,
+        batch_size,
         device,
         shuffle=True,
         augment=cfg.data.augment,
         flip=natural,
         seed=seed,
-        drop_last=drops_last(size, cfg.train.batch_size),
+        drop_last=drops_last(size, batch_size),
         indices=indices,
     )
+
+
+def client_batch_size(cfg: Config, sizes: list[int], partition_id: int) -> int:
+    """Training batch of client ``partition_id`` among partitions of ``sizes`` (``federated.client-batch``).
+
+    ``proportional``: every client splits its partition into the same number of batches, the
+    federation's size over N x ``train.batch-size`` (at least one), so the clients' batches
+    average ``train.batch-size`` and each wave holds every client.
+    """
+    if cfg.federated.client_batch == "fixed":
+        return cfg.train.batch_size
+    batches = max(1, round(sum(sizes) / (len(sizes) * cfg.train.batch_size)))
+    return max(1, math.ceil(sizes[partition_id] / batches))
 
 
 def schedule_of(cfg: Config, kind: str, party: str, clients: int = 1) -> Schedule:
