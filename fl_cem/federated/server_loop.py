@@ -27,15 +27,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fl_cem.cem import ConditionalEntropy, MixtureStats
+from fl_cem.cem import MixtureStats
 from fl_cem.config import Config
 from fl_cem.data import BatchLoader
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.exchange import Exchange, TooFewClients, discover
+from fl_cem.federated.global_cem import GlobalCem
 from fl_cem.federated.hijack import replay_from, round_line
 from fl_cem.federated.server_logic import Chunk, SplitServer
-from fl_cem.federated.stats_noise import privacy_report
-from fl_cem.federated.stats_recorder import StatsRecorder
 from fl_cem.federated.wire import from_record, to_record
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line
@@ -68,12 +67,11 @@ class FederatedRun:
             bounded=cfg.cem.bounded_uploads, noised=cfg.cem.stats_noise > 0,
             sampling=cfg.federated.sampling, fraction_evaluate=cfg.federated.fraction_evaluate,
         )
-        self.stats_recorder = StatsRecorder(cfg.attack.intercept_stats_max if cfg.attack.intercept_stats else 0, cfg.cem.secure_aggregation)
         # Partition order, not node-id order: node ids are random per run, so sampling over them
         # picked different partitions in every run of the same config.
         self.strategy.nodes = sorted(self.nodes, key=self.partition)
         self.global_encoder = ArrayRecord()
-        self.mixture: MixtureStats | None = None
+        self.cem = GlobalCem(cfg, self.strategy, self.gather_sorted, self.partition)
         self.client_states: dict[int, bytes] = {}
         self.history: list[dict[str, Any]] = []
         self.start_round = 1
@@ -90,10 +88,10 @@ class FederatedRun:
                 "round": next_round,
                 "server": self.server.state_dict(),
                 "global_encoder": {k: torch.from_numpy(v.numpy().copy()) for k, v in self.global_encoder.items()},
-                "mixture": self.mixture.state_dict() if self.mixture is not None else {},
+                "mixture": self.cem.mixture.state_dict() if self.cem.mixture is not None else {},
                 "client_states": {pid: torch.frombuffer(bytearray(blob), dtype=torch.uint8) for pid, blob in self.client_states.items()},
                 "history": self.history,
-                "stats_recorder": self.stats_recorder.state_dict(),
+                "stats_recorder": self.cem.recorder.state_dict(),
             },
             self.run_dir.checkpoint_path,
         )
@@ -110,11 +108,11 @@ class FederatedRun:
             )
         self.server.load_state_dict(state["server"])
         self.global_encoder = to_record(state["global_encoder"]) if state["global_encoder"] else ArrayRecord()
-        self.mixture = MixtureStats.from_state_dict(state["mixture"]) if state["mixture"] else None
+        self.cem.mixture = MixtureStats.from_state_dict(state["mixture"]) if state["mixture"] else None
         self.client_states = {int(pid): bytes(t.numpy()) for pid, t in state["client_states"].items()}
         self.history = list(state["history"])
         if "stats_recorder" in state:  # checkpoints written before the CEM channel was recorded have none
-            self.stats_recorder.load_state_dict(state["stats_recorder"])
+            self.cem.recorder.load_state_dict(state["stats_recorder"])
         self.start_round = int(state["round"])
         by_partition = {int(i["partition_id"]): node for node, i in self.nodes.items()}
         restores = [
@@ -127,34 +125,9 @@ class FederatedRun:
 
     # ------------------------------------------------------------------ one round
     def refit_global_cem(self, server_round: int, sampled: Iterable[int], epoch: int, encoder: ArrayRecord | None = None, within_round: bool = False) -> None:
-        """Federated k-means before local epoch ``epoch``: local centres -> global centres -> exact
-        merged statistics. At a round's start, or within it on the encoders just averaged
-        (``encoder``), which the clients load before they fit.
-
-        Both queries name the refit's clients and a nonce (secure aggregation masks with them);
-        the server records what it received (:class:`StatsRecorder`)."""
-        sampled = list(sampled)
-        records = {"centres": to_record({"centres": self.mixture.centres})} if self.mixture is not None else {}
-        records |= {"encoder": encoder} if encoder is not None else {}
-        sum_cfg = {"peers": sorted(self.partition(n) for n in sampled), "nonce": f"{server_round}|{epoch}"}
-        seed_cfg = ConfigRecord({"seed": self.cfg.run.seed + epoch, **sum_cfg})
-        replies = self.gather_sorted(
-            [Message(RecordDict({"config": seed_cfg, **records}), n, "query.cem_centres") for n in sampled]
-        )
-        self.check_refit_replies(server_round, replies, len(sampled))
-        centres = self.strategy.combine_cem_centres(replies, server_round, self.mixture.centres if self.mixture is not None else None)
-        stats_replies = self.gather_sorted(
-            [Message(RecordDict({"config": ConfigRecord(sum_cfg), "centres": to_record({"centres": centres})}), n, "query.cem_stats") for n in sampled]
-        )
-        self.check_refit_replies(server_round, stats_replies, len(sampled))
-        self.mixture = self.strategy.merge_cem_stats(stats_replies, centres)
-        self.stats_recorder.offer(
-            server_round, epoch, centres,
-            {self.partition(r.metadata.src_node_id): from_record(r.content["centres"]) for r in replies},
-            {self.partition(r.metadata.src_node_id): from_record(r.content["stats"]) for r in stats_replies},
-            self.mixture,
-            self.refit_encoder(encoder, within_round),
-        )
+        """The global CEM refit before local epoch ``epoch`` (:meth:`GlobalCem.refit`): at a round's
+        start, or within it on the encoders just averaged (``encoder``)."""
+        self.cem.refit(server_round, sampled, epoch, encoder, self.refit_encoder(encoder, within_round))
 
     def refit_encoder(self, encoder: ArrayRecord | None, within_round: bool) -> dict[str, torch.Tensor] | None:
         """The encoder every client fits the refit with, where the server holds it: the average
@@ -165,13 +138,6 @@ class FederatedRun:
             return from_record(encoder)
         at_start = not within_round and self.cfg.federated.averages_encoders and len(self.global_encoder)
         return from_record(self.global_encoder) if at_start else None
-
-    def check_refit_replies(self, server_round: int, replies: list[Message], asked: int) -> None:
-        """Enough clients answered a CEM refit query; with secure aggregation all of them (no dropout recovery)."""
-        needed = asked if self.cfg.cem.secure_aggregation else max(1, self.cfg.federated.min_clients)
-        if len(replies) < needed:
-            why = "cem.secure-aggregation needs every client asked (their masks cancel only together)" if self.cfg.cem.secure_aggregation else f"federated.min-clients is {self.cfg.federated.min_clients}"
-            raise TooFewClients(f"round {server_round}: {len(replies)} of {asked} clients answered the CEM refit; {why}")
 
     def by_partition(self, replies: Iterable[Message]) -> list[Message]:
         """Replies in partition order: aggregates must not depend on which client answered first."""
@@ -226,9 +192,9 @@ class FederatedRun:
         for msg in messages:
             msg.content["config"]["clients"] = len(messages)
         self.server.start_round(len(messages))
-        if self.mixture is not None and self.cfg.cem.enabled and self.cfg.cem.federation == "global":
+        if self.cem.mixture is not None and self.cfg.cem.enabled and self.cfg.cem.federation == "global":
             for msg in messages:
-                msg.content["mixture"] = to_record(self.mixture.state_dict())
+                msg.content["mixture"] = to_record(self.cem.mixture.state_dict())
         self.exchange.send(messages)
         active = {m.metadata.dst_node_id for m in messages}
         epoch_batches = sum(int(self.nodes[node]["batches"]) for node in active)
@@ -321,8 +287,8 @@ class FederatedRun:
         if any(r.content["config"]["refit"] for r in replies):
             epoch = int(replies[0].content["config"]["epoch"])
             self.refit_global_cem(server_round, synced, epoch, content.get("encoder"), within_round=True)
-            assert self.mixture is not None
-            content["mixture"] = to_record(self.mixture.state_dict())
+            assert self.cem.mixture is not None
+            content["mixture"] = to_record(self.cem.mixture.state_dict())
         self.exchange.send(
             [Message(RecordDict(dict(content)), r.metadata.src_node_id, "train.step", group_id=str(server_round)) for r in replies]
         )
@@ -342,7 +308,7 @@ class FederatedRun:
             "commit": git_commit(),
             "environment": environment(),
             "clients": len(self.nodes),
-            **({"cem_privacy": self.cem_privacy()} if cfg.cem.enabled and cfg.cem.federation == "global" else {}),
+            **({"cem_privacy": self.cem.privacy()} if cfg.cem.enabled and cfg.cem.federation == "global" else {}),
             "rounds": self.history,
             **{k: v for k, v in self.run_dir.read_results().items() if k == "attacks"},
         }
@@ -385,15 +351,15 @@ class FederatedRun:
                     **train_metrics,
                     "client": dict(client_metrics or {}),
                     "test": dict(evaluation or {}),
-                    "cem": self.cem_summary(eval_replies),
+                    "cem": self.cem.summary(eval_replies, self.num_classes, int(torch.tensor(self.shape).prod()), self.pixel_var, self.pixel_entropy),
                     "hijack": hijack,
                 }
                 self.history.append(record)
                 saving = time.perf_counter()
                 self.save(server_round + 1)
                 self.server.interceptor.save(self.run_dir.root / "intercept" / "intercept.pt")
-                if self.stats_recorder.uploads:
-                    self.stats_recorder.save(self.run_dir.root / "intercept" / "cem_stats.pt")
+                if self.cem.recorder.uploads:
+                    self.cem.recorder.save(self.run_dir.root / "intercept" / "cem_stats.pt")
                 record["save_time_s"] = time.perf_counter() - saving
                 self.run_dir.write_results(results)
                 self.log_round(board, record, server_round, began)
@@ -422,30 +388,6 @@ class FederatedRun:
             if client not in self.replay_loaders:
                 self.replay_loaders[client] = SplitClient(self.cfg, client, count, device, None).loader
         return hijack.score(replay_from(self.replay_loaders))
-
-    def cem_privacy(self) -> dict[str, Any]:
-        """What ``cem.stats-noise`` guarantees a client's samples on the CEM channel, per release and
-        over the refits the config schedules (:func:`~fl_cem.federated.stats_noise.privacy_report`)."""
-        refits = sum(global_refit_due(self.cfg.cem, epoch) for epoch in range(self.cfg.total_epochs("federated")))
-        return privacy_report(self.cfg.cem, refits)
-
-    def cem_summary(self, replies: list[Message]) -> dict[str, float]:
-        """Per-client bounds (reported with the evaluation), their mean, and the merged mixture's."""
-        out: dict[str, float] = {}
-        per_client = {int(r.content["config"]["partition_id"]): dict(r.content["cem"]) for r in replies}
-        for pid, report in sorted(per_client.items()):
-            if "hxz_relative" in report:
-                out[f"client_{pid}_hxz_relative"] = float(report["hxz_relative"])
-        for key in sorted({key for report in per_client.values() for key in report}):
-            values = [float(r[key]) for r in per_client.values() if key in r]
-            out[f"mean_{key}"] = sum(values) / len(values)
-        if self.mixture is not None:
-            total = int(self.mixture.counts.sum())
-            merged = ConditionalEntropy(self.cfg.cem, self.cfg.noise.sigma, self.num_classes, total)
-            merged.load_stats(self.mixture)
-            for key, value in merged.report(int(torch.tensor(self.shape).prod()), self.pixel_var, self.pixel_entropy).items():
-                out[f"global_{key}"] = value
-        return out
 
     def log_round(self, board: Board, record: dict[str, Any], server_round: int, began: float) -> None:
         board.scalars("train", {k: v for k, v in record.items() if isinstance(v, float)}, server_round)
