@@ -43,6 +43,7 @@ from tempfile import TemporaryDirectory
 import torch
 
 from fl_cem.config import Config
+from fl_cem.config.flat import parse_override
 from fl_cem.federated import client_logic
 from fl_cem.federated.launch import run_federated
 from fl_cem.federated.reference import run_reference
@@ -106,14 +107,6 @@ def _write_cifar10(
     (RESULTS / f"federated_accuracy_cifar10{suffix}.json").write_text(json.dumps(out, indent=2))
 
 
-def literal(text: str) -> object:
-    """``10`` -> 10, ``0.5`` -> 0.5, anything else stays a string (``epoch``; ``1`` for sync-every is coerced back)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 10, 100])
@@ -130,10 +123,10 @@ def main() -> None:
     if args.passes % 2:
         parser.error("--passes must be even: federated cells run passes / 2 rounds of two local epochs")
     if args.cifar10:
-        keys = {key: literal(value) for key, value in (item.split("=", 1) for item in args.cifar10_set)}
+        keys = dict(parse_override(item) for item in args.cifar10_set)
         if any(not key.startswith("federated.") for key in keys):
             parser.error("--cifar10-set takes federated.* keys only: the centralized reference must stay the same")
-        both = {key: literal(value) for key, value in (item.split("=", 1) for item in args.both_set)}
+        both = dict(parse_override(item) for item in args.both_set)
         cifar10(args.cifar10, 10, args.cifar10_partitioner, keys, both, args.label, args.seeds)
         return
     torch.set_num_threads(1)
