@@ -173,12 +173,15 @@ def main() -> None:
 def merged(path: Path, passes: int, cells: list[dict]) -> list[dict]:
     """``cells`` plus the cells of an earlier run at the same passes that this run did not
     repeat, so ``--variants vanilla`` re-measures those rows without dropping the others."""
-    if not path.exists() or json.loads(path.read_text())["passes"] != passes:
+    earlier = json.loads(path.read_text()) if path.exists() else {"passes": None}
+    if earlier["passes"] != passes:
         return cells
-    key = lambda cell: (cell["partition"], cell["variant"], cell["clients"])  # noqa: E731
-    fresh = {key(cell) for cell in cells}
-    kept = [cell for cell in json.loads(path.read_text())["cells"] if key(cell) not in fresh]
-    return sorted(kept + cells, key=key)
+    fresh = {_cell_key(cell) for cell in cells}
+    return sorted([cell for cell in earlier["cells"] if _cell_key(cell) not in fresh] + cells, key=_cell_key)
+
+
+def _cell_key(cell: dict) -> tuple[str, str, int]:
+    return cell["partition"], cell["variant"], cell["clients"]
 
 
 def plot(out: dict, path: Path) -> None:

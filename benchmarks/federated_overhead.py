@@ -130,7 +130,8 @@ def main() -> None:
             figures: dict[str, object] = {"threads": threads, "centralized_epoch_s": central}
             print(f"{label} ({threads} threads): centralized epoch {central:.2f} s")
             for n in sorted(sizes):
-                for name, keys in ((f"federated_{n}", {}), (f"federated_{n}_also", also)) if also and n in args.clients else ((f"federated_{n}", {}),):
+                runs = [(f"federated_{n}", {})] + ([(f"federated_{n}_also", also)] if also and n in args.clients else [])
+                for name, keys in runs:
                     cfg = Config.from_flat({**BASE, **keys, "run.output-dir": tmp, "run.name": f"{name}_{label}", "partition.num-partitions": n})
                     with PeakMemory() as memory:
                         rounds = run_federated(cfg, n)["rounds"]
