@@ -49,7 +49,7 @@ class SplitLearningStrategy:
         read (:mod:`fl_cem.federated.secure_sum`).
     bounded
         ``cem.stats-clip`` > 0: the first refit step's uploads are a clipped Lloyd step's counts
-        and sums (:meth:`~fl_cem.federated.client_logic.SplitClient.lloyd_stats`), not local centres.
+        and sums (:meth:`~fl_cem.federated.client_cem.CemUploads.lloyd_stats`), not local centres.
     noised
         ``cem.stats-noise`` > 0: the uploads carry Gaussian noise (:mod:`fl_cem.federated.stats_noise`),
         so the merge projects the sum onto statistics that data could have (:meth:`MixtureStats.feasible`).

@@ -28,14 +28,12 @@ import torch
 from torch import Tensor
 
 from fl_cem.cem import MixtureStats
-from fl_cem.cem.kmeans import fit_class_centres
 from fl_cem.config import Config
 from fl_cem.data import BatchLoader, DataSplits, load_splits, partition_indices
 from fl_cem.data.partition import local_test_indices
 from fl_cem.federated.averaging import federated_momentum, set_norm_momentum
+from fl_cem.federated.client_cem import CemUploads
 from fl_cem.federated.detection import CHECKED, DISPERSION, norm_dispersion, round_verdict
-from fl_cem.federated.secure_sum import mask
-from fl_cem.federated.stats_noise import add_noise, noise_seed
 from fl_cem.models.split import SplitModel
 from fl_cem.training.client import Client, global_refit_due
 from fl_cem.training.schedule import Position
@@ -151,7 +149,7 @@ def _template(config_json: str, partition_id: int, num_partitions: int, device: 
     return template
 
 
-class SplitClient:
+class SplitClient(CemUploads):
     """One federated client for the duration of one message: a :class:`Client`, its partition and its cursor."""
 
     def __init__(self, cfg: Config, partition_id: int, num_partitions: int, device: torch.device, state: dict[str, Any] | None) -> None:
@@ -210,86 +208,6 @@ class SplitClient:
     def fittable_features(self) -> tuple[Tensor, Tensor]:
         """Local features of the classes this client holds at least ``k`` samples of (:meth:`Client.fittable_features`)."""
         return self.client.fittable_features(self.partition_batches())
-
-    def local_centres(self, global_centres: Tensor | None, seed: int, encoder: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """Local k-means centres and their counts, for the server's global initial centres; a refit
-        within a round fits the ``encoder`` just averaged, loaded first."""
-        if encoder is not None:
-            self.load_encoder(encoder)
-        z, y = self.fittable_features()
-        warm = None
-        if global_centres is not None:
-            warm = torch.ones(self.splits.num_classes, dtype=torch.bool)
-        centres = fit_class_centres(
-            z.flatten(1), y, self.splits.num_classes, self.cfg.cem.clusters_per_class, self.cfg.cem.kmeans_iters,
-            torch.Generator().manual_seed(seed), previous=global_centres, warm=warm,
-        )
-        stats = MixtureStats.compute(z.flatten(1), y, centres, self.cfg.cem.clusters_per_class, self.cfg.cem.covariance)
-        return centres, stats.counts
-
-    def local_stats(self, centres: Tensor) -> MixtureStats:
-        """Sufficient statistics of the local features about the server's centres (residuals clipped to ``cem.stats-clip``)."""
-        z, y = self.features()
-        cem = self.cfg.cem
-        return MixtureStats.compute(z.flatten(1), y, centres.to(z.dtype), cem.clusters_per_class, cem.covariance, clip=cem.stats_clip)
-
-    def lloyd_stats(self, global_centres: Tensor | None, encoder: dict[str, Tensor] | None = None) -> MixtureStats:
-        """The first refit step under ``cem.stats-clip``: counts and clipped residual sums about the
-        server's last ``global_centres`` (one Lloyd step, from which the server moves each centre to
-        its cluster's mean), or where there are none yet each class's features in its first slot about
-        the origin (the server splits the class mean into ``k`` centres, ``combine_cem_centres``).
-
-        Local k-means centres are not sent here: one sample can move every Lloyd iteration's
-        assignment, so their sensitivity has no bound that noise could be scaled to."""
-        if encoder is not None:
-            self.load_encoder(encoder)
-        z, y = self.features()
-        z = z.flatten(1)
-        cem = self.cfg.cem
-        k = cem.clusters_per_class
-        if global_centres is None:
-            centres = z.new_zeros(self.splits.num_classes * k, z.shape[1])
-            return MixtureStats.compute(z, y, centres, k, cem.covariance, clip=cem.stats_clip, index=y * k)
-        return MixtureStats.compute(z, y, global_centres.to(z.dtype), k, cem.covariance, clip=cem.stats_clip)
-
-    def centres_upload(
-        self, global_centres: Tensor | None, seed: int, encoder: dict[str, Tensor] | None, peers: list[int], nonce: str
-    ) -> dict[str, Tensor]:
-        """What the client sends for the first refit step: its local centres and counts, or with
-        ``cem.secure-aggregation`` the masked count-weighted centres and counts (only their sum over
-        ``peers`` is readable); under ``cem.stats-clip`` the counts and sums of :meth:`lloyd_stats`
-        instead, noised with ``cem.stats-noise``, then masked."""
-        if self.cfg.cem.bounded_uploads:
-            stats = self.lloyd_stats(global_centres, encoder)
-            return self._protected({"counts": stats.counts, "sums": stats.sums}, peers, f"{nonce}|centres")
-        centres, counts = self.local_centres(global_centres, seed, encoder)
-        if not self.cfg.cem.secure_aggregation:
-            return {"centres": centres, "counts": counts}
-        weighted = counts.to(centres.dtype)[:, None] * centres
-        return self._masked({"weighted": weighted, "counts": counts}, peers, f"{nonce}|centres")
-
-    def stats_upload(self, centres: Tensor, peers: list[int], nonce: str) -> dict[str, Tensor]:
-        """What the client sends for the second refit step: :meth:`local_stats`, noised with
-        ``cem.stats-noise``, then masked with ``cem.secure-aggregation``."""
-        stats = self.local_stats(centres)
-        if not (self.cfg.cem.secure_aggregation or self.cfg.cem.stats_noise > 0):
-            return stats.state_dict()
-        uploaded = self._protected({"counts": stats.counts, "sums": stats.sums, "moments": stats.moments}, peers, f"{nonce}|stats")
-        return uploaded if self.cfg.cem.secure_aggregation else {"centres": stats.centres, **uploaded}
-
-    def _protected(self, tensors: dict[str, Tensor], peers: list[int], nonce: str) -> dict[str, Tensor]:
-        """``tensors`` with the Gaussian mechanism's noise (``cem.stats-noise`` > 0,
-        :func:`~fl_cem.federated.stats_noise.add_noise`), then masked (``cem.secure-aggregation``):
-        noise first, so that the server, which reads only the masked uploads' sum, sees the sum of
-        the noisy statistics. The noise seed derives from ``run.seed``, this client and the upload's nonce."""
-        cem = self.cfg.cem
-        if cem.stats_noise > 0:
-            tensors = add_noise(tensors, cem.stats_clip, cem.stats_noise, noise_seed(self.cfg.run.seed, nonce, self.partition_id))
-        return self._masked(tensors, peers, nonce) if cem.secure_aggregation else tensors
-
-    def _masked(self, tensors: dict[str, Tensor], peers: list[int], nonce: str) -> dict[str, Tensor]:
-        """Pairwise-masked upload (:func:`fl_cem.federated.secure_sum.mask`), the pair keys standing in on ``run.seed``."""
-        return mask(tensors, self.partition_id, peers, self.cfg.run.seed, nonce, integers={"counts"})
 
     def evaluate(self, split: str, seed: int) -> tuple[Tensor, Tensor]:
         """Smashed data of a whole split (``test``, ``val`` or ``local_test``), noise on, as deployed (the server classifies it)."""
