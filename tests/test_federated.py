@@ -11,7 +11,7 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from fl_cem.cem import MixtureStats
+from fl_cem.cem import ConditionalEntropy, MixtureStats
 from fl_cem.config import Config
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.server_loop import FederatedRun
@@ -97,6 +97,25 @@ def test_merged_client_statistics_equal_statistics_of_the_union(tiny: Callable[.
     assert torch.equal(merged.counts, union.counts)
     torch.testing.assert_close(merged.sums, union.sums, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(merged.moments, union.moments, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("federation", ["global", "local"])
+def test_a_clients_cem_loss_weighs_its_batch_against_the_data_its_mixture_describes(tiny: Callable[..., Config], federation: str) -> None:
+    # Prepare: a label-skewed client; the merged (global) mixture describes the federation's data
+    cfg = tiny(**{"partition.num-partitions": 3, "partition.partitioner": "dirichlet", "cem.lambda": 16.0, "cem.federation": federation})
+    clients = [SplitClient(cfg, pid, 3, torch.device("cpu"), None) for pid in range(3)]
+    centres, _ = clients[0].local_centres(None, seed=0)
+    merged = MixtureStats.merge([c.local_stats(centres) for c in clients])
+    described = sum(c.num_examples for c in clients) if federation == "global" else clients[1].num_examples
+    reference = ConditionalEntropy(cfg.cem, cfg.noise.sigma, clients[1].splits.num_classes, described)
+    reference.load_stats(merged)
+    clients[1].load_mixture(merged)
+    z, y = clients[1].features()
+    # Execute: a batch small enough that the official blend of its variance is not saturated
+    loss = clients[1].cem.loss(z[:3], y[:3])
+    # Assert: the same loss as a CEM object over the data the mixture describes
+    assert clients[1].cem.dataset_size == described
+    torch.testing.assert_close(loss, reference.loss(z[:3], y[:3]), rtol=0, atol=0)
 
 
 def fail_partition(partition: int, round_: str) -> Callable[[Message, Context, ClientAppCallable], Message]:

@@ -46,8 +46,9 @@ class ConditionalEntropy:
         ``C``; the mixture has ``K = C * cfg.clusters_per_class`` components, component ``j``
         belonging to class ``j // k``.
     dataset_size
-        ``N`` of Eq. 5: the number of training samples this object's batches come from (a
-        federated client passes its own partition size).
+        ``N`` of Eq. 5: the number of training samples the mixture describes (a federated
+        client passes its own partition size, or the federation's with ``cem.federation =
+        global``: :func:`fl_cem.federated.client_logic.mixture_size`).
 
     Raises
     ------
