@@ -143,7 +143,9 @@ def mixture_size(cfg: Config, partitions: list[Tensor], partition_id: int) -> in
     ``cifar10_subset_cpu.toml`` the blend's weight on the batch was 0.5-0.8 under Dirichlet 0.5
     (0.99 IID) where centralized training uses 0.14, so the CEM gradient was 4-7 times the
     centralized one, at a cost in accuracy (docs/FEDERATED.md). With ``local`` each client's
-    mixture is its own partition's.
+    mixture is its own partition's. With client sampling (``federated.fraction-train`` < 1) a
+    refit merges only the sampled clients' statistics: ``N`` is still the federation's, whose
+    distribution that sample estimates, so the mixture is trusted as if fitted on all of it.
     """
     if cfg.cem.federation == "global":
         return sum(len(p) for p in partitions)
