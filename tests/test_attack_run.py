@@ -53,6 +53,21 @@ def test_attack_on_a_centralized_run_appends_its_figures(tiny: Callable[..., Con
     assert Path(outcomes[0]["grid"]).is_file()
 
 
+def test_a_repeat_of_an_attack_draws_its_own_randomness_on_the_same_targets(tiny: Callable[..., Config]) -> None:
+    # Prepare
+    cfg = tiny(**{"train.epochs": 1})
+    train_centralized(cfg, log=lambda _: None)
+    root = str(RunDir.for_config(cfg).root)
+    # Execute: the attack, the same attack as repeat 0, and repeat 1
+    first, again, repeat = (attack_run(root, "decoder", "train", overrides={**FAST, "attack.seed": seed})[0] for seed in (0, 0, 1))
+    # Assert: repeat 0 is the attack as it always ran (bit for bit); repeat 1 trains another
+    # inversion model (other MSE) scored on the same images (same mean-image baseline), in its own grid
+    assert again["metrics"] == first["metrics"] and (first["attack_seed"], repeat["attack_seed"]) == (0, 1)
+    assert repeat["metrics"]["mse"] != first["metrics"]["mse"]
+    assert repeat["metrics"]["mse_mean_guess"] == first["metrics"]["mse_mean_guess"] and repeat["targets"] == first["targets"]
+    assert Path(repeat["grid"]).name == "decoder_train_repeat1.png" and Path(first["grid"]).name == "decoder_train.png"
+
+
 def test_attack_on_a_federated_run_inverts_what_the_server_recorded(tiny: Callable[..., Config]) -> None:
     # Prepare
     cfg = tiny(**{"run.name": "fed", "partition.num-partitions": 2, "federated.rounds": 1})

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fl_cem.config import Config
-from fl_cem.reporting.collect import RunRecord
+from fl_cem.reporting.collect import RunRecord, latest_attacks, run_values
 from fl_cem.reporting.fit import exponential_fit
-from fl_cem.reporting.report import write_report
+from fl_cem.reporting.report import _failed_or, write_report
 from fl_cem.reporting.table import build_table, mean_std
 
 
@@ -249,3 +249,37 @@ def test_a_key_an_older_run_predates_counts_as_its_default_and_splits_no_row(tmp
     assert [r["label"] for r in report["rows"]] == ["bottleneck", "bottleneck+CEM"]
     assert len(report["averages"]) == 1
     assert "attack.unsplit-tv" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_of_an_attacks_repeats_the_report_keeps_the_one_the_attackers_own_validation_favours() -> None:
+    # Prepare: three repeats of one GAN attack; repeat 1 diverged (at the mean image) and its
+    # validation says so; repeat 2 has the lowest target MSE but not the lowest validation MSE, so
+    # choosing by the targets would be looking at what the attacker cannot see
+    def repeat(seed: int, mse: float, val_mse: float) -> dict[str, Any]:
+        metrics = {"mse": mse, "psnr": 20.0, "ssim": 0.5, "mse_mean_guess": 0.06}
+        return {"attack": "gan", "mode": "train", "victim": "v", "attack_seed": seed, "metrics": metrics, "fit": {"val_mse": val_mse}, "time_s": 2.0}
+
+    results = {"kind": "centralized", "attacks": [repeat(0, 0.030, 0.031), repeat(1, 0.070, 0.069), repeat(2, 0.028, 0.033)]}
+    # Execute
+    values = run_values(results)
+    # Assert: repeat 0's figures, three repeats, all three timed; repeat 1's failure does not fail the row
+    assert values["gan_train_mse"] == 0.030 and values["gan_train_repeats"] == 3.0
+    assert values["attack_s"] == 6.0 and "gan_train_failed" not in values
+    row = build_table([RunRecord("cell", "centralized", "done", {"defense.name": "bottleneck", "cem.lambda": 16.0, "run.seed": 0}, values)]).rows[0]
+    assert _failed_or("gan_train_mse", row) == "0.0300 (best of 3)"
+
+
+def test_an_attack_run_again_with_the_same_seed_replaces_its_result_and_one_without_validation_keeps_repeat_0() -> None:
+    # Prepare: decoder repeat 0 run twice (the second stands); an UnSplit pair of repeats, which
+    # records no validation measure, so the attacker cannot choose between them
+    def entry(attack: str, seed: int, mse: float, fit: dict[str, float]) -> dict[str, Any]:
+        metrics = {"mse": mse, "psnr": 20.0, "ssim": 0.5, "mse_mean_guess": 0.06}
+        return {"attack": attack, "mode": "train", "victim": "v", "attack_seed": seed, "metrics": metrics, "fit": fit, "time_s": 1.0}
+
+    results = {"attacks": [entry("decoder", 0, 0.020, {"val_mse": 0.02}), entry("decoder", 0, 0.010, {"val_mse": 0.03}),
+                           entry("unsplit", 1, 0.030, {"tv": 0.1}), entry("unsplit", 0, 0.040, {"tv": 0.1})]}
+    # Execute
+    chosen = latest_attacks(results)
+    # Assert
+    assert chosen[("decoder", "train", "v")]["metrics"]["mse"] == 0.010 and chosen[("decoder", "train", "v")]["repeats"] == 1
+    assert chosen[("unsplit", "train", "v")]["attack_seed"] == 0 and chosen[("unsplit", "train", "v")]["repeats"] == 2

@@ -15,7 +15,7 @@ import torch
 from fl_cem.config import Config
 from fl_cem.experiments import sweep as sweep_module
 from fl_cem.experiments.spec import load_sweep
-from fl_cem.experiments.sweep import run_sweep
+from fl_cem.experiments.sweep import missing_attacks, run_sweep
 from fl_cem.reporting.report import write_report
 
 SMOKE = Path(__file__).resolve().parents[1] / "sim_configs" / "sweeps" / "cpu_smoke.toml"
@@ -410,3 +410,17 @@ def test_a_restored_cell_missing_an_attack_trains_again_and_keeps_its_restored_r
     # Assert: trained, then attacked; the restored results are kept aside, not mixed with the new model's
     assert status["status"] == "done" and calls == ["train", "fora"]
     assert json.loads((folder / "results.previous.json").read_text()) == restored
+
+
+def test_attack_repeats_expand_to_one_attack_each_and_each_is_required_on_its_own(tmp_path: Path) -> None:
+    # Prepare: the GAN attack in three repeats; a cell that recorded repeats 0 and 2
+    path = write_sweep(tmp_path, 'attacks = [{ attack = "gan", mode = "train", "attack.seed" = [0, 1, 2] }]\n' + TINY_BASE)
+    spec = load_sweep(path, output_dir=tmp_path / "runs")
+    recorded = {"attacks": [{"attack": "gan", "mode": "train", "victim": "centralized", "attack_seed": seed} for seed in (0, 2)]}
+    # Execute
+    missing = missing_attacks(recorded, spec.attacks)
+    # Assert: repeat 0 carries no key (the attack as it ran before repeats existed); repeat 1 is missing
+    assert [(a.attack, a.repeat, a.overrides) for a in spec.attacks] == [("gan", 0, {}), ("gan", 1, {"attack.seed": 1}), ("gan", 2, {"attack.seed": 2})]
+    assert [a.repeat for a in missing] == [1]
+    with pytest.raises(ValueError, match="attack.seed must be"):
+        load_sweep(write_sweep(tmp_path, 'attacks = [{ attack = "gan", "attack.seed" = [1, 1] }]\n' + TINY_BASE, "bad.toml"))

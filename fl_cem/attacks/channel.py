@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from fl_cem.attacks.cem_stats import CEMStatsAttack, class_means, score_prototypes
-from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, limit_aux, make_attack
+from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, attacker_seed, beats_mean_image, limit_aux, make_attack, repeat_tag
 from fl_cem.attacks.metrics import bound_fields, save_comparison
 from fl_cem.attacks.run import load_victims
 from fl_cem.cem import MixtureStats
@@ -84,9 +84,9 @@ def attack_channel(run: RunDir, cfg: Config, mode: str, client: int | None, log:
             encoder = refit_encoder(record, upload)
             if encoder is not None:
                 victim.client.encoder.load_state_dict(encoder)
-            model = make_attack(cfg.attack, victim.channel(cfg.cem.before_defense), splits.shape, victim.client.smashed_shape(splits.shape), device, cfg.run.seed)
+            model = make_attack(cfg.attack, victim.channel(cfg.cem.before_defense), splits.shape, victim.client.smashed_shape(splits.shape), device, attacker_seed(cfg))
             assert isinstance(model, CEMStatsAttack)
-            tag = f"cem_stats_{mode}_client{pid}"
+            tag = f"cem_stats_{mode}_client{pid}" + repeat_tag(cfg)
             bar = EpochProgress(model.epochs, f"cem_stats {mode} {victim.name}" + (f" ({number}/{len(victims)})" if len(victims) > 1 else ""))
 
             def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -106,7 +106,9 @@ def attack_channel(run: RunDir, cfg: Config, mode: str, client: int | None, log:
                 aggregate = score_prototypes(merged, truth, present, aux, aux_labels)
             except BaseException as err:
                 results = run.read_results()
-                results.setdefault("attacks", []).append({"attack": "cem_stats", "mode": mode, "victim": victim.name, "status": "failed", "reason": failure_reason(err)})
+                results.setdefault("attacks", []).append(
+                    {"attack": "cem_stats", "mode": mode, "victim": victim.name, "attack_seed": cfg.attack.seed, "status": "failed", "reason": failure_reason(err)}
+                )
                 run.write_results(results)
                 raise
             finally:
@@ -121,6 +123,7 @@ def attack_channel(run: RunDir, cfg: Config, mode: str, client: int | None, log:
                 "attack": "cem_stats",
                 "mode": mode,
                 "victim": victim.name,
+                "attack_seed": cfg.attack.seed,
                 "status": "finished",
                 "threat": str(model.threat),
                 "target_source": "cem-stats",

@@ -23,7 +23,7 @@ from fl_cem.attacks.base import Attack, BlackBoxAttack, PublicDesign, SmashFn, W
 from fl_cem.attacks.common import EpochCallback, Stream, as_images, map_batches, seeded
 from fl_cem.attacks.metrics import comparison_grid, mean_guess_mse, reconstruction_metrics
 from fl_cem.registry import get_attack
-from fl_cem.config import ATTACK_MODES, AttackConfig
+from fl_cem.config import ATTACK_MODES, AttackConfig, Config
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,25 @@ def split_aux(aux: Tensor, limit: int, seed: int) -> tuple[Tensor, Tensor]:
 def limit_aux(aux: Tensor, limit: int, seed: int) -> Tensor:
     """The auxiliary images :func:`split_aux` keeps."""
     return split_aux(aux, limit, seed)[0]
+
+
+REPEAT_STRIDE = 1000
+"""Seeds between two repeats of an attack (``attack.seed``): far apart, so no repeat of one run
+shares its streams with an attack on a neighbouring ``run.seed``."""
+
+
+def attacker_seed(cfg: Config) -> int:
+    """Seed of the attacker's own randomness: the run's, moved by the repeat (``attack.seed``).
+
+    Targets and auxiliary images are drawn with ``run.seed`` alone, so every repeat is scored on
+    the same images and repeat 0 is the attack as it always ran.
+    """
+    return cfg.run.seed + REPEAT_STRIDE * cfg.attack.seed
+
+
+def repeat_tag(cfg: Config) -> str:
+    """Suffix of a repeat's grid and TensorBoard names (none for repeat 0, as before repeats existed)."""
+    return f"_repeat{cfg.attack.seed}" if cfg.attack.seed else ""
 
 
 @overload

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from fl_cem.attacks.base import Threat
 from fl_cem.attacks.design import public_design
-from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, beats_mean_image, limit_aux, make_attack, run_attack, split_aux, split_images
+from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, attacker_seed, beats_mean_image, limit_aux, make_attack, repeat_tag, run_attack, split_aux, split_images
 from fl_cem.attacks.metrics import bound_fields, save_comparison
 from fl_cem.cem.bound import gaussian_entropy, swap_entropy
 from fl_cem.config import Config
@@ -198,10 +198,11 @@ def attack_run(
                 target_z, intercepted_z, source = None, None, "smashed"
             # a black-box attacker gets the client's public design, never its smashing function
             black_box = get_attack(attack).threat is Threat.BLACK_BOX
-            access = public_design(cfg, splits.shape, splits.num_classes, splits.mean, splits.std, device) if black_box else victim.smash(cfg.run.seed)
-            model = make_attack(cfg.attack, access, splits.shape, victim.client.smashed_shape(splits.shape), device, cfg.run.seed)
+            seed = attacker_seed(cfg)
+            access = public_design(cfg, splits.shape, splits.num_classes, splits.mean, splits.std, device) if black_box else victim.smash(seed)
+            model = make_attack(cfg.attack, access, splits.shape, victim.client.smashed_shape(splits.shape), device, seed)
             epochs = getattr(model, "epochs", 0)
-            tag = f"{attack}_{mode}" + (f"_client{victim.federated.partition_id}" if victim.federated else "")
+            tag = f"{attack}_{mode}" + (f"_client{victim.federated.partition_id}" if victim.federated else "") + repeat_tag(cfg)
             position = f" ({len(outcomes) + 1}/{len(victims)})" if len(victims) > 1 else ""
             bar = EpochProgress(epochs, f"{attack} {mode} {victim.name}{position}")
 
@@ -212,7 +213,7 @@ def attack_run(
             try:
                 result = (
                     run_attack(
-                        model, aux, targets, target_z, on_epoch, wire=victim.smash(cfg.run.seed),
+                        model, aux, targets, target_z, on_epoch, wire=victim.smash(seed),
                         intercepted_images=intercepted_images, intercepted_z=intercepted_z,
                     )
                     if black_box
@@ -220,7 +221,7 @@ def attack_run(
                 )
             except BaseException as err:
                 results = run.read_results()
-                failed = {"attack": attack, "mode": mode, "victim": victim.name, "status": "failed", "reason": failure_reason(err)}
+                failed = {"attack": attack, "mode": mode, "victim": victim.name, "attack_seed": cfg.attack.seed, "status": "failed", "reason": failure_reason(err)}
                 results.setdefault("attacks", []).append(failed)
                 run.write_results(results)
                 raise
@@ -234,6 +235,7 @@ def attack_run(
                 "attack": attack,
                 "mode": mode,
                 "victim": victim.name,
+                "attack_seed": cfg.attack.seed,
                 "status": "finished",
                 "threat": str(model.threat),
                 "target_source": source,

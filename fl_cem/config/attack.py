@@ -52,6 +52,11 @@ class AttackConfig:
     """``cem_stats``: features drawn per cluster from the uploaded Gaussian (mean, covariance) and
     decoded, whose decoded images are averaged into the class prototype (0: decode the means only;
     a channel under ``cem.stats-noise`` is always decoded from its means, its moments being mostly noise)."""
+    seed: int = 0
+    """Repeat of the attack: the attacker's own randomness (its networks' initialisation, batch
+    order, noise draws) comes from ``run.seed + 1000 x attack.seed``, while its targets and
+    auxiliary images stay those of ``run.seed``, so repeats 0, 1, 2 score the same images. Reports
+    keep, per victim, the repeat the attacker's own validation images favour (restarts)."""
     holdout: float = 0.1
     """``train`` mode: share of the training split held out as targets, never in the attacker's data."""
     aux_limit: int = 0
@@ -114,6 +119,7 @@ class AttackConfig:
         non_negative("attack.intercept-max", self.intercept_max)
         non_negative("attack.intercept-stats-max", self.intercept_stats_max)
         non_negative("attack.stats-samples", self.stats_samples)
+        non_negative("attack.seed", self.seed)
         fraction("attack.holdout", self.holdout)
         non_negative("attack.aux-limit", self.aux_limit)
         if self.holdout >= 1:

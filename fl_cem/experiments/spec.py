@@ -42,8 +42,9 @@ table); ``[[execution]]``, ``[[attacks]]`` and ``[[exclude]]`` tables work anywh
   ``train`` and ``infer``, Sec. 5.1 "Threat model"), optional ``victims`` (the partition ids of a
   federated cell's clients to attack; default every client: each costs a whole attack), optional
   ``cells`` (fnmatch patterns on cell names: the attack runs only on those, default every cell)
-  and ``attack.*`` overrides. Default: decoder and GAN, train and infer (the four MSE columns of
-  Table 1).
+  and ``attack.*`` overrides; ``"attack.seed" = [0, 1, 2]`` runs repeats of the attack, of which
+  the report keeps the one the attacker's own validation favours. Default: decoder and GAN, train
+  and infer (the four MSE columns of Table 1).
 - ``exclude``: tables of ``key = value`` (config keys, or axis names matched on labels); a cell
   matching every entry of one table is left out.
 
@@ -91,6 +92,11 @@ class AttackSpec:
     overrides: dict[str, Scalar] = field(default_factory=dict)
     victims: tuple[int, ...] = ()
     cells: tuple[str, ...] = ()
+
+    @property
+    def repeat(self) -> int:
+        """The attack's ``attack.seed``: each repeat is recorded, and resumed, on its own."""
+        return int(self.overrides.get("attack.seed", 0))
 
     def applies_to(self, cell: str) -> bool:
         return not self.cells or any(fnmatch.fnmatchcase(cell, pattern) for pattern in self.cells)
@@ -340,7 +346,15 @@ def _attacks(entry: Any, known: set[str]) -> list[AttackSpec]:
         raise ValueError(f"attack {entry['attack']}: cells must be a list of cell-name patterns (fnmatch, e.g. 'centralized__bottleneck_*'); got {cells!r}")
     keys = flatten({k: v for k, v in entry.items() if k not in ("attack", "mode", "victims", "cells")})
     _check_keys(keys, known, f"attack {entry['attack']}")
-    return [AttackSpec(str(entry["attack"]), mode, keys, tuple(victims), tuple(cells)) for mode in modes]
+    repeats = keys.pop("attack.seed", 0)
+    repeats = list(repeats) if isinstance(repeats, list) else [repeats]
+    if not repeats or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in repeats) or len(set(repeats)) < len(repeats):
+        raise ValueError(f"attack {entry['attack']}: attack.seed must be an integer >= 0 or a list of distinct ones (repeats); got {repeats!r}")
+    return [
+        AttackSpec(str(entry["attack"]), mode, {**keys, "attack.seed": repeat} if repeat else keys, tuple(victims), tuple(cells))
+        for mode in modes
+        for repeat in repeats
+    ]
 
 
 def _check_keys(keys: Mapping[str, Any], known: set[str], where: str) -> None:

@@ -174,11 +174,11 @@ def cell_finished(folder: Path, attacks: tuple[AttackSpec, ...]) -> bool:
 def missing_attacks(results: dict[str, Any], attacks: tuple[AttackSpec, ...]) -> list[AttackSpec]:
     """The requested attacks not yet recorded for each of their victims (the centralized client,
     or the federated clients the attack names, every client by default)."""
-    recorded: dict[tuple[str, str], set[str]] = {}
+    recorded: dict[tuple[str, str, int], set[str]] = {}
     for entry in results.get("attacks", []):
         if entry.get("status") != "failed":
-            recorded.setdefault((entry["attack"], entry["mode"]), set()).add(entry["victim"])
-    return [a for a in attacks if not victim_names(results, a) <= recorded.get((a.attack, a.mode), set())]
+            recorded.setdefault((entry["attack"], entry["mode"], int(entry.get("attack_seed", 0))), set()).add(entry["victim"])
+    return [a for a in attacks if not victim_names(results, a) <= recorded.get((a.attack, a.mode, a.repeat), set())]
 
 
 def victim_names(results: dict[str, Any], attack: AttackSpec) -> set[str]:

@@ -271,11 +271,15 @@ def _number(column: str, value: float | None) -> str:
 
 def _failed_or(column: str, row: Row) -> str:
     """A cell of a row: ``failed`` where the attack did not beat the mean image, else mean ± std,
-    marked where a seed's MSE fell below the Theorem 1 estimate (the isotropic one for MSEs)."""
+    with the repeats an MSE was chosen from, marked where a seed's MSE fell below the Theorem 1
+    estimate (the isotropic one for MSEs)."""
     pair = ratio_pair(column) or column.rsplit("_", 1)[0]
     if column not in row.mean and f"{pair}_failed" in row.mean:
         return f"failed (mean image {_number(column, row.mean.get(f'{pair}_mean_image'))})" if column.endswith("_mse") else "failed"
     text = _mean_std(column, row.mean.get(column), row.std.get(column))
+    repeats = row.mean.get(f"{pair}_repeats", 1.0)
+    if column.endswith("_mse") and repeats > 1:
+        text = f"{text} (best of {repeats:g})"
     flag = f"{pair}_violated{'_full' if column.endswith('_ratio_full') else ''}"
     return f"{text} **below bound est.**" if column.endswith(("_mse", "_ratio", "_ratio_full")) and flag in row.mean else text
 
