@@ -45,6 +45,8 @@ Acc.: test accuracy after the last epoch (federated: mean over the clients' enco
 MSE: per-pixel reconstruction MSE in [0, 1] pixel space of held-out targets (paper Sec. 5.1),
 per attack, with the attacker's data from the training split (train) or the test split (infer);
 federated runs average over the attacked clients. Higher MSE and lower PSNR/SSIM mean more privacy.
+"best of n": the attack ran n repeats (attack.seed) on the same targets; shown is the repeat with the
+lowest MSE on the attacker's own validation images, as an attacker restarting its training would keep.
 H(x|z) rel.: -L_C of the last epoch's mixture (Eq. 3 with H(x) := 0, nats; federated: mean over
 clients, "global" for the server's merged mixture). MSE bound est.: Theorem 1 with H(x) replaced by the
 entropy of a Gaussian of the data's mean pixel variance (or, "full cov.", of its full pixel covariance),
