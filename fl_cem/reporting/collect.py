@@ -142,11 +142,12 @@ def latest_attacks(results: dict[str, Any]) -> dict[tuple[str, str, str], dict[s
 
 def chosen_repeat(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """The repeat an attacker keeps (see :func:`latest_attacks`), with how many repeats ran and their total time."""
-    scores = [entry.get("fit", {}).get("val_mse") for entry in entries]
-    if all(score is not None for score in scores):
-        best = entries[min(range(len(entries)), key=lambda i: (float(scores[i]), int(entries[i].get("attack_seed", 0))))]
-    else:
-        best = min(entries, key=lambda entry: int(entry.get("attack_seed", 0)))
+    validated = all(entry.get("fit", {}).get("val_mse") is not None for entry in entries)
+
+    def rank(entry: dict[str, Any]) -> tuple[float, int]:
+        return (float(entry["fit"]["val_mse"]) if validated else 0.0, int(entry.get("attack_seed", 0)))
+
+    best = min(entries, key=rank)
     return {**best, "repeats": len(entries), "repeats_time_s": sum(float(entry["time_s"]) for entry in entries)}
 
 
