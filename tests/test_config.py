@@ -98,6 +98,17 @@ def test_differences_ignore_where_a_run_executes() -> None:
     assert cfg.differences({**other, "cem.lambda": 1.0}) == ["cem.lambda"]
 
 
+def test_differences_compare_the_data_root_as_the_file_it_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a sweep cell names its data relative to the working directory; a federated launch
+    # recorded it absolute (an interrupted federated cell failed to resume on this)
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.from_flat({"data.root": "../shared/data.tar.gz"})
+    recorded = {**cfg.to_flat(), "data.root": str((tmp_path / ".." / "shared" / "data.tar.gz").resolve())}
+    # Execute / Assert
+    assert cfg.differences(recorded) == []
+    assert cfg.differences({**recorded, "data.root": str(tmp_path / "other.tar.gz")}) == ["data.root"]
+
+
 def test_a_checkpoint_from_before_an_upgrade_or_with_other_attack_settings_still_matches() -> None:
     # Prepare: a checkpoint's config that predates one key and ran other attack settings
     cfg = Config()

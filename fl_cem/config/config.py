@@ -29,6 +29,9 @@ from fl_cem.config.sections import (
 from fl_cem.registry import list_attacks, list_defenses
 
 EXECUTION_KEYS = ("run.resume", "run.device", "run.output-dir")
+PATH_KEYS = ("data.root",)
+"""Compared as the files they name: a federated launch records them absolute (Ray's workers
+need not share the working directory), a sweep cell as the sweep file wrote them."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class Config:
 
         ``run.resume``, ``run.device`` and ``run.output-dir`` do not change what a run computes,
         so a checkpoint stays valid across them (a sweep moved to a GPU, an absolute path).
+        ``data.root`` matches when both name the same file from here (``PATH_KEYS``).
         The attacker's settings (``attack.*`` but the curious server's interception during
         training) only act after training, and a key the checkpoint predates counts as its
         default, which keeps what the older code computed: a run trained before an upgrade
@@ -127,7 +131,7 @@ class Config:
         """
         defaults = Config.defaults_flat()
         mine = {k: v for k, v in self.to_flat().items() if k not in EXECUTION_KEYS and not _attack_only(k)}
-        return sorted(k for k in mine if mine[k] != other.get(k, defaults[k]))
+        return sorted(k for k in mine if not _same(k, mine[k], other.get(k, defaults[k])))
 
     def cem_idle_reason(self, kind: str) -> str | None:
         """Why ``cem.lambda > 0`` would change nothing in a ``kind`` run, or ``None`` when L_C acts.
@@ -161,6 +165,12 @@ class Config:
 
 TRAINING_ATTACK_KEYS = ("attack.intercept", "attack.intercept-max", "attack.intercept-stats", "attack.intercept-stats-max")
 """The ``attack.*`` keys that act during training: what the curious server records."""
+
+
+def _same(key: str, mine: Any, theirs: Any) -> bool:
+    if key in PATH_KEYS and isinstance(mine, str) and isinstance(theirs, str) and mine and theirs:
+        return Path(mine).expanduser().resolve() == Path(theirs).expanduser().resolve()
+    return bool(mine == theirs)
 
 
 def _attack_only(key: str) -> bool:
