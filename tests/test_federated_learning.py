@@ -117,6 +117,39 @@ def test_server_mix_steps_on_mixed_batches_and_returns_each_client_its_own_gradi
     assert server.interceptor.seen == 32 and set(server.interceptor.meta[:32, 0].tolist()) == {0, 1}
 
 
+def test_server_batch_recuts_the_wave_into_fewer_larger_steps_and_keeps_each_clients_gradient_scale() -> None:
+    # Prepare: four clients of 16 images; the server steps on at most 40 images
+    cfg = Config.from_flat({"federated.server-mix": True, "federated.server-batch": 40, "run.device": "cpu"})
+    server = SplitServer(cfg, (1, 8, 8), 10, torch.device("cpu"))
+    wave = [Chunk(c, torch.randn(16, 8, 2, 2), torch.full((16,), c), [16], [3], [c]) for c in range(4)]
+    served = []
+    step = server.shared.step
+
+    def spy(z: torch.Tensor, y: torch.Tensor, at: Position, source: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        grad, metrics = step(z, y, at, source)
+        served.append((z.detach().clone(), at, grad.clone()))
+        return grad, metrics
+
+    server.shared.step = spy  # type: ignore[method-assign]
+    # Execute
+    grads, metrics = server.serve_wave(wave, 1, 80)
+    # Assert: two steps of 32 (not four of 16); the warm-up moved by the 2 and then 4 client batches each completed
+    assert [len(z) for z, _, _ in served] == [32, 32] and metrics["count"] == 64
+    assert [at for _, at, _ in served] == [Position(3, 1, 80), Position(3, 3, 80)] and server.served == {3: 4}
+    # each row's gradient is its piece's, scaled from the mean over 32 to the mean over its client's 16
+    for chunk in wave:
+        for row, z in enumerate(chunk.z):
+            (match,) = [g[i] for zs, _, g in served for i in range(len(zs)) if torch.equal(zs[i], z)]
+            assert torch.allclose(grads[chunk.client][row], 2 * match)
+
+
+def test_server_batch_needs_server_mix() -> None:
+    with pytest.raises(ValueError, match="federated.server-batch"):
+        Config.from_flat({"federated.server-batch": 128})
+    with pytest.raises(ValueError, match="federated.server-batch"):
+        Config.from_flat({"federated.server-mix": True, "federated.server-batch": -1})
+
+
 def test_server_mix_needs_splitfed_v2_in_lockstep() -> None:
     with pytest.raises(ValueError, match="federated.server-mix"):
         Config.from_flat({"federated.server-mix": True, "federated.variant": "vanilla"})

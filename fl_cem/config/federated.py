@@ -59,6 +59,15 @@ class FederatedConfig:
     was sent, instead of on one client's batch after another; under label skew each batch then
     holds every client's classes (docs/FEDERATED.md). A client's gradient comes back only once
     the whole wave is in."""
+    server_batch: int = 0
+    """With ``server-mix``: the most images the decoder steps on at once. 0 steps on as many
+    batches as the wave brought (one per client batch, so at N = 1,000 with 50 images a client,
+    1,000 steps of 50 an epoch). A positive value re-cuts the pooled wave into steps of at most
+    this many images, as SplitFed V1's server does in effect (its per-client decoder copies,
+    stepped from the same weights and averaged, make one step on the mean gradient of their
+    batches): fewer, larger decoder steps, as centralized training takes. Each client still gets
+    the gradient of the mean loss over its own batch, whatever the size of the step its
+    samples were in."""
     client_batch: str = "fixed"
     """A client's training batch: ``fixed``, ``train.batch-size`` for every client (the authors'
     protocol); or ``proportional``, its partition size over a number of batches per epoch that
@@ -107,6 +116,8 @@ class FederatedConfig:
             raise ValueError(
                 f"federated.server-mix pools a lockstep wave into one shared decoder: it needs variant 'splitfed-v2' and order 'lockstep'; got {self.variant!r}, {self.order!r}"
             )
+        if self.server_batch < 0 or (self.server_batch and not self.server_mix):
+            raise ValueError(f"federated.server-batch re-cuts a pooled wave: it needs federated.server-mix = true and a value >= 0 (0: one step per client batch); got {self.server_batch}")
         if self.max_in_flight < 0:
             raise ValueError(f"federated.max-in-flight must be >= 0 (0: no limit); got {self.max_in_flight}")
         positive("federated.client-timeout", self.client_timeout)

@@ -158,8 +158,11 @@ class SplitServer:
         shuffled batches reach 0.292 (docs/FEDERATED.md). Here the server shuffles the wave's
         samples (each client's chunk, recorded first as it arrived) and takes as many decoder
         steps, on as many batches, as it was sent, each a mix of every client of the wave; every
-        client gets back the gradient of its own samples, in its order. SplitFed V2 only: one
-        shared decoder.
+        client gets back the gradient of its own samples, in its order. With
+        ``federated.server-batch`` it steps on pieces of at most that many images instead, and
+        scales each sample's gradient from the mean over its piece to the mean over its client's
+        batch, so a client's step does not depend on how the server cut the wave. The warm-up
+        advances by the client batches a step completes. SplitFed V2 only: one shared decoder.
         """
         for chunk in wave:
             offset = 0
@@ -168,15 +171,20 @@ class SplitServer:
                 offset += size
         z = torch.cat([c.z for c in wave]).to(self.device)
         labels = torch.cat([c.labels for c in wave]).to(self.device)
-        epochs = [epoch for c in wave for epoch in c.epochs]
+        at = []  # where each client batch of the wave sits in its epoch
+        for epoch in (epoch for c in wave for epoch in c.epochs):
+            self.served[epoch] = self.served.get(epoch, 0) + 1
+            at.append(Position(epoch, self.served[epoch] - 1, epoch_batches))
+        server_batch = self.cfg.federated.server_batch
+        steps = -(-len(z) // server_batch) if server_batch else len(at)
+        batch_of = torch.cat([torch.full((size,), float(size)) for c in wave for size in c.sizes]).to(z.device)  # each sample's client batch size
         sources = tuple((c.client, c.epochs[0], c.batches[0]) for c in wave)
         order = torch.randperm(len(z), generator=torch.Generator().manual_seed(hash((self.cfg.run.seed, round_, sources)) % 2**63))
         grads = torch.empty_like(z)
         loss, correct = 0.0, 0
-        for piece, epoch in zip(torch.tensor_split(order, len(epochs)), epochs):
-            self.served[epoch] = self.served.get(epoch, 0) + 1
-            grad, metrics = self.shared.step(z[piece], labels[piece], Position(epoch, self.served[epoch] - 1, epoch_batches))
-            grads[piece] = grad
+        for step, piece in enumerate(torch.tensor_split(order, steps)):
+            grad, metrics = self.shared.step(z[piece], labels[piece], at[max(1, (step + 1) * len(at) // steps) - 1])
+            grads[piece] = grad * (len(piece) / batch_of[piece]).view(-1, *[1] * (grad.dim() - 1)) if server_batch else grad
             loss += float(metrics["loss"]) * len(piece)
             correct += int(metrics["correct"])
         out, offset = {}, 0
