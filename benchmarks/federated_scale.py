@@ -6,6 +6,7 @@ Usage::
     python benchmarks/federated_scale.py                    # the measurement (N = 1,000, full CIFAR-10)
     python benchmarks/federated_scale.py --clients 100 --train-subset 5000 --out /tmp/s.json   # a quick check
     python benchmarks/federated_scale.py --profile DIR     # py-spy over every process of the run
+    python benchmarks/federated_scale.py --set federated.server-mix=true --set federated.server-batch=128 --server-threads 2
 
 The workload is the paper's (VGG11 split after conv 2 with the 8-channel bottleneck, batch 128,
 lambda 0, as ``federated_overhead.py --workload cifar10``) on the whole CIFAR-10 training split
@@ -54,7 +55,7 @@ from typing import Any, Callable
 
 import torch
 
-from fl_cem.config import Config
+from fl_cem.config import Config, parse_override
 from fl_cem.federated.launch import run_federated
 from fl_cem.reporting.run_dir import atomic_write_bytes, environment
 from fl_cem.training.centralized import train_centralized
@@ -364,9 +365,10 @@ def main() -> None:
     parser.add_argument("--skip-centralized", action="store_true")
     parser.add_argument("--profile", help="folder for py-spy's stacks and summary (times are then not the figures)")
     parser.add_argument("--profile-rate", type=int, default=25, help="py-spy samples per second")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config key on top of the setting, e.g. federated.server-batch=128 (repeatable)")
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/federated_scale_<N>.json)")
     args = parser.parse_args()
-    flat = setting(args)
+    flat = {**setting(args), **dict(parse_override(item) for item in args.set)}
     rounds_per_epoch = flat["federated.rounds"] // args.epochs
     out_path = Path(args.out) if args.out else RESULTS / f"federated_scale_{args.clients}{'_profile' if args.profile else ''}.json"
     out: dict[str, Any] = {
