@@ -171,6 +171,13 @@ def test_attack_progress_prints_eta_lines_when_not_on_a_terminal(monkeypatch: py
     assert lines[-1].startswith("decoder train client 0 (1/2): epoch 3/3 | elapsed") and "ETA" in lines[-1] and "loss 0.1" in lines[-1]
 
 
+def test_a_resumed_run_counts_its_rounds_from_the_start_and_its_eta_from_its_own_pace() -> None:
+    from fl_cem.reporting.progress import eta_line
+
+    # a run resumed after round 2 of 10 has finished one round in 110 s
+    assert eta_line(1, 8, 110.0, "round", before=2) == "round 3/10 | elapsed 110s | ETA 770s"
+
+
 def test_a_failure_before_a_run_starts_does_not_relabel_the_folders_earlier_run(tmp_path: Path) -> None:
     # Prepare: a finished earlier run in the folder
     run = RunDir(tmp_path / "federated")

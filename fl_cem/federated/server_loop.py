@@ -405,7 +405,7 @@ class FederatedRun:
 
         nan = float("nan")
         self.log(
-            f"{eta_line(done, total, time.perf_counter() - began, 'round')} | loss {record['train_loss']:.3f} | "
+            f"{eta_line(done, total, time.perf_counter() - began, 'round', self.start_round - 1)} | loss {record['train_loss']:.3f} | "
             f"test acc {spread('accuracy')} | local test acc {spread('local_accuracy')} | {record['clients_trained']} clients"
             f"{round_line(record['hijack'])}"
         )

@@ -17,10 +17,15 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, leave: boo
     yield from tqdm(items, desc=desc, total=total, leave=leave, disable=not _terminal(), dynamic_ncols=True)
 
 
-def eta_line(done: int, total: int, elapsed: float, what: str) -> str:
-    """One log line with progress and estimated time left, for logs that are not terminals."""
+def eta_line(done: int, total: int, elapsed: float, what: str, before: int = 0) -> str:
+    """One log line with progress and estimated time left, for logs that are not terminals.
+
+    ``done`` of ``total`` units ran in ``elapsed`` seconds since this process started them;
+    ``before`` units had finished before (a resumed run), so the line counts from the run's
+    start ("round 3/10", not "round 1/8") while the ETA uses this process's own pace.
+    """
     left = elapsed / max(done, 1) * (total - done)
-    return f"{what} {done}/{total} | elapsed {elapsed:.0f}s | ETA {left:.0f}s"
+    return f"{what} {before + done}/{before + total} | elapsed {elapsed:.0f}s | ETA {left:.0f}s"
 
 
 class EpochProgress:

@@ -106,7 +106,7 @@ def train_centralized(cfg: Config, *, on_epoch_end: EpochHook | None = None, log
             run.write_results(results)
             log_epoch(board, record, client, splits, device)
             log(
-                f"{eta_line(epoch + 1 - start, cfg.train.epochs - start, time.perf_counter() - began, 'epoch')} | "
+                f"{eta_line(epoch + 1 - start, cfg.train.epochs - start, time.perf_counter() - began, 'epoch', start)} | "
                 f"loss {record['train_loss']:.3f} | val acc {record['val']['accuracy']:.3f} | "
                 f"test acc {record['test']['accuracy']:.3f} | H(x|z) rel {record['cem'].get('hxz_relative', float('nan')):.1f}"
             )
