@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 from fl_cem.attacks.run import attack_run
 from fl_cem.cli import main
@@ -68,16 +69,23 @@ def test_a_repeat_of_an_attack_draws_its_own_randomness_on_the_same_targets(tiny
     assert Path(repeat["grid"]).name == "decoder_train_repeat1.png" and Path(first["grid"]).name == "decoder_train.png"
 
 
-def test_attack_on_a_federated_run_inverts_what_the_server_recorded(tiny: Callable[..., Config]) -> None:
-    # Prepare
-    cfg = tiny(**{"run.name": "fed", "partition.num-partitions": 2, "federated.rounds": 1})
+def test_attack_on_a_federated_run_inverts_what_the_server_recorded_in_the_last_round(tiny: Callable[..., Config]) -> None:
+    # Prepare: two rounds, a recording of 64 rows (each client sends 135 images a round)
+    cfg = tiny(**{"run.name": "fed", "partition.num-partitions": 2, "attack.intercept-max": 64})
     simulate(cfg, num_clients=2)
     root = RunDir.for_config(cfg).root
+    record = torch.load(root / "intercept" / "intercept.pt", weights_only=True)
     # Execute: each client in turn, targets from the wire
     outcomes = attack_run(str(root), "decoder", "train", overrides=FAST)
-    # Assert
+    # Assert: the latest round's reservoir is all round 2; each victim is scored on its rows
+    # there, more than the whole run's sample holds of its last round
     assert [o["victim"] for o in outcomes] == ["client 0", "client 1"]
-    assert all(o["target_source"] == "wire" and o["targets"] > 0 for o in outcomes)
+    latest = record["latest"]
+    assert record["latest_round"] == 2 and set(latest["meta"][:, 1].tolist()) == {2} and len(latest["z"]) == 64
+    for pid, outcome in enumerate(outcomes):
+        in_latest = int((latest["meta"][:, 0] == pid).sum())
+        in_whole = int(((record["meta"][:, 0] == pid) & (record["meta"][:, 1] == 2)).sum())
+        assert outcome["target_source"] == "wire" and outcome["targets"] == in_latest > in_whole
     with pytest.raises(ValueError, match="no state for client 5"):
         attack_run(str(root), "decoder", "train", client=5, overrides=FAST)
 

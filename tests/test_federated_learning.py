@@ -89,6 +89,39 @@ def test_splitfed_keeps_one_set_of_decoder_statistics() -> None:
     assert server.client_norms == {}
 
 
+def test_the_interceptor_keeps_the_latest_round_apart_and_resumes_it_exactly() -> None:
+    from fl_cem.federated.recorder import Interceptor
+
+    # Prepare: 8 rows kept of two clients' batches of 16 over rounds 1-3
+    def feed(interceptor: Interceptor, rounds: range) -> None:
+        for round_ in rounds:
+            for client in (0, 1):
+                interceptor.offer(torch.randn(16, 2), torch.arange(16), client, round_, round_ - 1, 0)
+
+    torch.manual_seed(0)
+    straight = Interceptor(8, seed=3)
+    feed(straight, range(1, 4))
+    torch.manual_seed(0)
+    first = Interceptor(8, seed=3)
+    feed(first, range(1, 3))
+    resumed = Interceptor(8, seed=3)
+    resumed.load_state_dict(first.state_dict())
+    feed(resumed, range(3, 4))
+    # Assert: the latest round's reservoir is round 3 alone, of both clients; the whole run's spans every round
+    state = straight.state_dict()
+    assert set(state["latest"]["meta"][:, 1].tolist()) == {3} and set(state["latest"]["meta"][:, 0].tolist()) == {0, 1}
+    assert state["seen"] == 96 and state["latest"]["seen"] == 32 and len(state["z"]) == 8
+    # a resume from the end of round 2 keeps the same rows as the run without one
+    again = resumed.state_dict()
+    for key in ("z", "meta"):
+        assert torch.equal(again[key], state[key]) and torch.equal(again["latest"][key], state["latest"][key])
+    # a recording from before the latest round had its own loads, and its next round fills it
+    old = Interceptor(8, seed=3)
+    old.load_state_dict({k: v for k, v in first.state_dict().items() if k not in ("latest", "latest_round")})
+    feed(old, range(3, 4))
+    assert set(old.state_dict()["latest"]["meta"][:, 1].tolist()) == {3}
+
+
 def test_server_mix_steps_on_mixed_batches_and_returns_each_client_its_own_gradients() -> None:
     # Prepare: a wave of two label-skewed clients (client 0 only class 0, client 1 only class 1)
     cfg = Config.from_flat({"federated.server-mix": True, "run.device": "cpu"})
@@ -114,7 +147,7 @@ def test_server_mix_steps_on_mixed_batches_and_returns_each_client_its_own_gradi
             matches = [g[i] for zs, _, g in served for i in range(len(zs)) if torch.equal(zs[i], z)]
             assert len(matches) == 1 and torch.equal(grads[chunk.client][row], matches[0])
     # the curious server recorded each client's batch as sent, with its source
-    assert server.interceptor.seen == 32 and set(server.interceptor.meta[:32, 0].tolist()) == {0, 1}
+    assert server.interceptor.whole.seen == 32 and set(server.interceptor.whole.meta[:32, 0].tolist()) == {0, 1}
 
 
 def test_server_batch_recuts_the_wave_into_fewer_larger_steps_and_keeps_each_clients_gradient_scale() -> None:

@@ -40,7 +40,7 @@ from fl_cem.attacks.evaluate import MEAN_IMAGE_MARGIN, attacker_seed, beats_mean
 from fl_cem.attacks.metrics import bound_fields, save_comparison
 from fl_cem.cem.bound import gaussian_entropy, swap_entropy
 from fl_cem.config import Config
-from fl_cem.data import DataSplits, load_splits
+from fl_cem.data import BatchLoader, DataSplits, load_splits
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.wire import from_bytes
 from fl_cem.registry import get_attack
@@ -132,29 +132,45 @@ class WireRecord:
 
 
 def wire_targets(run: RunDir, victim: Victim) -> WireRecord | None:
-    """The recording of the victim's rows: the last round as targets, the earlier ones as further intercepts."""
+    """The recording of the victim's rows: its last round as targets (from the latest round's
+    reservoir when the victim trained in it, else the whole run's), the earlier ones as further
+    intercepts."""
     path = run.root / "intercept" / "intercept.pt"
     if victim.federated is None or not path.is_file():
         return None
     record = torch.load(path, map_location="cpu", weights_only=True)
-    meta = record["meta"]
-    if not len(meta):
-        return None
     fields = {name: i for i, name in enumerate(record["fields"])}
-    mine = meta[:, fields["client"]] == victim.federated.partition_id
-    if not bool(mine.any()):
+    client, round_ = fields["client"], fields["round"]
+    meta = record["meta"]
+    mine = meta[:, client] == victim.federated.partition_id
+    latest = record.get("latest")
+    if latest is not None and bool((latest["meta"][:, client] == victim.federated.partition_id).any()):
+        last_round = int(record["latest_round"])
+        last = latest["meta"][:, client] == victim.federated.partition_id
+        target_z, target_meta = latest["z"][last], latest["meta"][last]
+    elif bool(mine.any()):
+        last_round = int(meta[mine, round_].max())
+        last = mine & (meta[:, round_] == last_round)
+        target_z, target_meta = record["z"][last], meta[last]
+    else:
         return None
-    last = mine & (meta[:, fields["round"]] == meta[mine, fields["round"]].max())
-    loader = victim.federated.loader
-    images, indices = [], torch.full((len(meta),), -1, dtype=torch.long)
-    for row in torch.nonzero(mine).flatten().tolist():
-        epoch, batch, position = (int(meta[row, fields[k]]) for k in ("epoch", "batch", "position"))
+    earlier = mine & (meta[:, round_] < last_round)
+    target_images, target_index = replay(victim.federated.loader, target_meta, fields, with_images=True)
+    _, earlier_index = replay(victim.federated.loader, meta[earlier], fields, with_images=False)
+    return WireRecord(target_z, target_images, target_index, record["z"][earlier], earlier_index)
+
+
+def replay(loader: BatchLoader, meta: Tensor, fields: dict[str, int], with_images: bool) -> tuple[Tensor, Tensor]:
+    """The training-split indices (and, ``with_images``, the images) of recorded rows, found by
+    replaying the client's data order from each row's epoch, batch and position."""
+    images, indices = [], []
+    for row in meta.tolist():
+        epoch, batch, position = (int(row[fields[k]]) for k in ("epoch", "batch", "position"))
         loader.set_epoch(epoch)
-        indices[row] = int(loader.batch_indices(batch)[position])
-        if bool(last[row]):
+        indices.append(int(loader.batch_indices(batch)[position]))
+        if with_images:
             images.append(loader.batch(batch)[0][position].cpu())
-    earlier = mine & ~last
-    return WireRecord(record["z"][last], torch.stack(images), indices[last], record["z"][earlier], indices[earlier])
+    return (torch.stack(images) if images else torch.zeros(0)), torch.tensor(indices, dtype=torch.long)
 
 
 def attack_run(
