@@ -177,14 +177,17 @@ class SplitServer:
             at.append(Position(epoch, self.served[epoch] - 1, epoch_batches))
         server_batch = self.cfg.federated.server_batch
         steps = -(-len(z) // server_batch) if server_batch else len(at)
-        batch_of = torch.cat([torch.full((size,), float(size)) for c in wave for size in c.sizes]).to(z.device)  # each sample's client batch size
+        # each sample's client batch size, to rescale its gradient when the server re-cut the wave
+        batch_of = torch.cat([torch.full((size,), float(size)) for c in wave for size in c.sizes]).to(z.device) if server_batch else None
         sources = tuple((c.client, c.epochs[0], c.batches[0]) for c in wave)
         order = torch.randperm(len(z), generator=torch.Generator().manual_seed(hash((self.cfg.run.seed, round_, sources)) % 2**63))
         grads = torch.empty_like(z)
         loss, correct = 0.0, 0
         for step, piece in enumerate(torch.tensor_split(order, steps)):
             grad, metrics = self.shared.step(z[piece], labels[piece], at[max(1, (step + 1) * len(at) // steps) - 1])
-            grads[piece] = grad * (len(piece) / batch_of[piece]).view(-1, *[1] * (grad.dim() - 1)) if server_batch else grad
+            if batch_of is not None:
+                grad = grad * (len(piece) / batch_of[piece]).view(-1, *[1] * (grad.dim() - 1))
+            grads[piece] = grad
             loss += float(metrics["loss"]) * len(piece)
             correct += int(metrics["correct"])
         out, offset = {}, 0
