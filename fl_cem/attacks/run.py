@@ -164,12 +164,15 @@ def replay(loader: BatchLoader, meta: Tensor, fields: dict[str, int], with_image
     """The training-split indices (and, ``with_images``, the images) of recorded rows, found by
     replaying the client's data order from each row's epoch, batch and position."""
     images, indices = [], []
+    built: dict[tuple[int, int], Tensor] = {}  # a batch is built (augmented) once for all its rows
     for row in meta.tolist():
         epoch, batch, position = (int(row[fields[k]]) for k in ("epoch", "batch", "position"))
         loader.set_epoch(epoch)
         indices.append(int(loader.batch_indices(batch)[position]))
         if with_images:
-            images.append(loader.batch(batch)[0][position].cpu())
+            if (epoch, batch) not in built:
+                built[epoch, batch] = loader.batch(batch)[0].cpu()
+            images.append(built[epoch, batch][position])
     return (torch.stack(images) if images else torch.zeros(0)), torch.tensor(indices, dtype=torch.long)
 
 
