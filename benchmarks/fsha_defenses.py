@@ -1,8 +1,8 @@
 """Feature-space hijacking against defenses: the malicious server's inversion and the clients' alarm.
 
-Usage: ``python benchmarks/fsha_defenses.py [--rounds 8] [--seed 0] [--cells no_defense bottleneck bottleneck_cem readme_defaults]``
+Usage: ``python benchmarks/fsha_defenses.py [--workload digits|cifar10] [--rounds 8] [--seed 0] [--cells ...]``
 
-The protocol of README's FSHA figures: the embedded digits (all 1,294 training images, one
+The ``digits`` workload (default) is the protocol of README's FSHA figures: the embedded digits (all 1,294 training images, one
 client, one local epoch a round, the 359 test images as the server's public data), ResNet-20
 cut after block 1, batch 32, SGD 0.02, the ``malicious.*`` defaults, one seed. Every cell runs
 twice through the real ServerApp and ClientApp (Flower's simulation engine, in this process):
@@ -22,9 +22,17 @@ Cells (the defense rows of ``sim_configs/sweeps/cpu_table1.toml``, on this model
   defaults: 8-channel bottleneck, no sigmoid, sigma 0.025, ``defense.name = none``), to tie the
   new rows to that table.
 
+The ``cifar10`` workload is the same question at ``sim_configs/sweeps/cpu_table1.toml``'s
+scale, the CPU-scale protocol of README's Table 1, cut to one client: the paper's encoder
+(VGG11-BN cut after conv 2) and the half-width decoder, 5,000 images of the shared CIFAR-10
+tarball (4,500 after the validation split), 2,000 test images (the server's public data), batch
+128, SGD 0.05 with a one-epoch warm-up and cosine decay, 5 clusters a class, the first three
+cells (``readme_defaults`` is the digits table's config). Results go to
+``benchmarks/results/fsha_defenses_cifar10.json``.
+
 Per round: the server's inversion MSE of the round's last 256 rows and its ratio to the mean
 image's, the clients' gradient-norm CV and alarm, and test accuracy. Prints a table and writes
-``benchmarks/results/fsha_defenses.json`` after every run (an interrupted benchmark keeps what
+the workload's JSON after every run (an interrupted benchmark keeps what
 it finished).
 """
 
@@ -48,21 +56,40 @@ from fl_cem.config import Config  # noqa: E402
 from fl_cem.federated.launch import run_federated  # noqa: E402
 from fl_cem.reporting.run_dir import environment, git_commit  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "fsha_defenses.json"
+RESULTS = Path(__file__).parent / "results"
+CIFAR_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
-PROTOCOL: dict[str, Any] = {
-    "data.source": "digits",
-    "data.train-subset": 0,
-    "data.test-subset": 0,
-    "model.arch": "resnet20",
-    "model.cut": 1,
-    "train.batch-size": 32,
-    "train.eval-batch-size": 256,
-    "train.lr": 0.02,
-    "federated.local-epochs": 1,
-    "cem.clusters-per-class": 2,
+WORKLOADS: dict[str, dict[str, Any]] = {
+    # tests/conftest.py's TINY on all of digits, as tests/test_fsha.py's DIGITS and README's table
+    "digits": {
+        "data.source": "digits",
+        "data.train-subset": 0,
+        "data.test-subset": 0,
+        "model.arch": "resnet20",
+        "model.cut": 1,
+        "train.batch-size": 32,
+        "train.eval-batch-size": 256,
+        "train.lr": 0.02,
+        "federated.local-epochs": 1,
+        "cem.clusters-per-class": 2,
+    },
+    # cpu_table1.toml's [base] at one client and a quarter of its images
+    "cifar10": {
+        "data.source": "imagefolder",
+        "data.train-subset": 5000,
+        "data.test-subset": 2000,
+        "model.arch": "vgg11",
+        "model.cut": 2,
+        "model.decoder-width": 0.5,
+        "train.batch-size": 128,
+        "train.lr": 0.05,
+        "train.schedule": "cosine",
+        "train.warmup-epochs": 1.0,
+        "federated.local-epochs": 1,
+        "cem.clusters-per-class": 5,
+    },
 }
-"""``tests/conftest.py``'s ``TINY`` on all of digits, as ``tests/test_fsha.py``'s ``DIGITS`` and README's table."""
+"""Each workload's keys under every cell."""
 
 CELLS: dict[str, dict[str, Any]] = {
     "no_defense": {"defense.name": "none", "model.bottleneck": 0, "model.sigmoid": False, "noise.sigma": 0.0},
@@ -98,23 +125,30 @@ def per_round(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="digits", choices=list(WORKLOADS))
+    parser.add_argument("--cifar-root", default=str(CIFAR_TARBALL), help="CIFAR-10 image folder or tarball (cifar10 workload)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    parser.add_argument("--cells", nargs="+", choices=list(CELLS), help="default: all (digits), all but readme_defaults (cifar10)")
     args = parser.parse_args()
+    protocol = dict(WORKLOADS[args.workload])
+    if args.workload == "cifar10":
+        protocol["data.root"] = args.cifar_root
+    cells = args.cells or [c for c in CELLS if args.workload == "digits" or c != "readme_defaults"]
+    results_path = RESULTS / ("fsha_defenses.json" if args.workload == "digits" else f"fsha_defenses_{args.workload}.json")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     out: dict[str, Any] = {
-        "description": "FSHA (malicious.attack = fsha) and an honest server against defenses, digits, 1 client, Flower simulation; one seed",
-        "protocol": {**PROTOCOL, "federated.rounds": args.rounds, "run.seed": args.seed},
+        "description": f"FSHA (malicious.attack = fsha) and an honest server against defenses, {args.workload}, 1 client, Flower simulation; one seed",
+        "protocol": {**protocol, "federated.rounds": args.rounds, "run.seed": args.seed},
         "cells": [],
         "commit": git_commit(),
         "environment": environment(),
     }
     with TemporaryDirectory() as tmp:
-        for label in args.cells:
+        for label in cells:
             for attack in ("none", "fsha"):
-                keys = {**PROTOCOL, **CELLS[label], "federated.rounds": args.rounds, "run.seed": args.seed, "malicious.attack": attack}
+                keys = {**protocol, **CELLS[label], "federated.rounds": args.rounds, "run.seed": args.seed, "malicious.attack": attack}
                 cfg = Config.from_flat({**keys, "run.output-dir": tmp, "run.name": f"{label}-{attack}"})
                 tick = time.perf_counter()
                 results = run_federated(cfg, num_clients=1)
@@ -126,9 +160,9 @@ def main() -> None:
                     inversion = f"MSE {row['inversion_mse']:.4f} = {row['mse_to_mean_image']:.2f} of mean image | " if attack == "fsha" else ""
                     print(f"  round {row['round']}: {inversion}CV {row['gradient_norm_cv']:.3f} alarm {row['hijack_alarm']:.0f} | "
                           f"test acc {row['test_accuracy']:.3f}", flush=True)
-                RESULTS.parent.mkdir(exist_ok=True)
-                RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"written {RESULTS}")
+                results_path.parent.mkdir(exist_ok=True)
+                results_path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"written {results_path}")
 
 
 if __name__ == "__main__":
