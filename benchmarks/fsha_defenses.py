@@ -1,6 +1,6 @@
 """Feature-space hijacking against defenses: the malicious server's inversion and the clients' alarm.
 
-Usage: ``python benchmarks/fsha_defenses.py [--workload digits|cifar10] [--rounds 8] [--seed 0] [--cells ...]``
+Usage: ``python benchmarks/fsha_defenses.py [--workload digits|cifar10] [--rounds 8] [--seed 0] [--cells ...] [--servers none fsha]``
 
 The ``digits`` workload (default) is the protocol of README's FSHA figures: the embedded digits (all 1,294 training images, one
 client, one local epoch a round, the 359 test images as the server's public data), ResNet-20
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--cifar-root", default=str(CIFAR_TARBALL), help="CIFAR-10 image folder or tarball (cifar10 workload)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--servers", nargs="+", default=["none", "fsha"], choices=["none", "fsha"], help="honest (none) and/or malicious runs of each cell")
     parser.add_argument("--cells", nargs="+", choices=list(CELLS), help="default: all (digits), all but readme_defaults (cifar10)")
     args = parser.parse_args()
     protocol = dict(WORKLOADS[args.workload])
@@ -147,7 +148,7 @@ def main() -> None:
     }
     with TemporaryDirectory() as tmp:
         for label in cells:
-            for attack in ("none", "fsha"):
+            for attack in args.servers:
                 keys = {**protocol, **CELLS[label], "federated.rounds": args.rounds, "run.seed": args.seed, "malicious.attack": attack}
                 cfg = Config.from_flat({**keys, "run.output-dir": tmp, "run.name": f"{label}-{attack}"})
                 tick = time.perf_counter()
