@@ -32,8 +32,8 @@ cells (``readme_defaults`` is the digits table's config). Results go to
 
 Per round: the server's inversion MSE of the round's last 256 rows and its ratio to the mean
 image's, the clients' gradient-norm CV and alarm, and test accuracy. Prints a table and writes
-the workload's JSON after every run (an interrupted benchmark keeps what
-it finished).
+the workload's JSON after every run; run again with the same protocol, it skips the runs that
+JSON holds (an interrupted benchmark resumes; delete the file to measure again).
 """
 
 from __future__ import annotations
@@ -146,9 +146,18 @@ def main() -> None:
         "commit": git_commit(),
         "environment": environment(),
     }
+    if results_path.exists():
+        earlier = json.loads(results_path.read_text())
+        if earlier.get("protocol") == out["protocol"]:
+            # the same protocol: keep its finished runs, so an interrupted benchmark resumes
+            out["cells"] = earlier["cells"]
+    finished = {(c["cell"], c["attack"]) for c in out["cells"]}
     with TemporaryDirectory() as tmp:
         for label in cells:
             for attack in args.servers:
+                if (label, attack) in finished:
+                    print(f"{label} / {attack}: in {results_path.name} already, skipped", flush=True)
+                    continue
                 keys = {**protocol, **CELLS[label], "federated.rounds": args.rounds, "run.seed": args.seed, "malicious.attack": attack}
                 cfg = Config.from_flat({**keys, "run.output-dir": tmp, "run.name": f"{label}-{attack}"})
                 tick = time.perf_counter()
