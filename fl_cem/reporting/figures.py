@@ -149,6 +149,11 @@ def plot_reconstructions(table: Table, records: Sequence[RunRecord], folder: Pat
                     image = panels.get((line, setting))
                     if image is not None:
                         ax.imshow(imread(image))
+                    else:
+                        # an attack runs on chosen cells only (cem_stats needs CEM's statistics)
+                        ax.text(0.5, 0.5, "not attacked", ha="center", va="center", fontsize=7, color="gray", transform=ax.transAxes)
+                        for spine in ax.spines.values():
+                            spine.set_visible(False)
                     if i == 0:
                         ax.set_title("without CEM" if setting[0] == 0 else f"with CEM ({setting[1]})", fontsize=8)
                     if j == 0:
