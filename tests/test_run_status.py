@@ -215,3 +215,29 @@ def test_a_checkpoint_in_an_older_layout_is_refused_with_what_to_do(tiny: Callab
     # Execute / Assert
     with pytest.raises(RunFolderTaken, match="checkpoint in layout 1, written by an older fl-cem.*run.resume = false"):
         train_centralized(cfg.replace(**{"train.epochs": 2}), log=lambda _: None)
+
+
+def test_in_process_runs_hide_flowers_run_simulation_deprecation_and_nothing_else() -> None:
+    import logging
+
+    from flwr.simulation.run_simulation import warn_deprecated_feature
+
+    from fl_cem.federated.launch import hide_run_simulation_deprecation
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger = logging.getLogger("flwr")
+    handler = Keep()
+    handler.addFilter(hide_run_simulation_deprecation)
+    logger.addHandler(handler)
+    try:
+        warn_deprecated_feature("The `run_simulation` function is deprecated and will be removed")
+        warn_deprecated_feature("something else")
+        logger.warning("a client did not answer")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage().split("\n")[0] for r in seen] == ["DEPRECATED FEATURE: something else", "a client did not answer"]

@@ -9,6 +9,7 @@ does, then starts ``flwr run`` with it and reports the run's status.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,18 @@ RAY_GPU_TIP = "Tip: In future versions of Ray, Ray will no longer override accel
 asked for none (``ray/_private/worker.py``). Only the message is silenced: setting
 ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0``, as Ray suggests, would show every GPU to every
 client, and with ``run.device = auto`` put them all on GPU 0 outside Ray's accounting."""
+
+
+RUN_SIMULATION_DEPRECATED = "The `run_simulation` function is deprecated"
+"""The start of the warning Flower 1.41 logs on every ``run_simulation`` call. It tells the caller
+to use ``flwr run``: advice for this module (which needs the in-process engine to pass overrides
+and keep results in memory), not for a researcher running a sweep, who would read it as a fault
+of their own; ``fl-cem federated`` already goes through ``flwr run``."""
+
+
+def hide_run_simulation_deprecation(record: logging.LogRecord) -> bool:
+    """Logging filter: drop Flower's ``run_simulation`` deprecation warning, keep every other record."""
+    return not (record.args and str(record.args[0]).startswith(RUN_SIMULATION_DEPRECATED))
 
 
 RAY_WORKER_NICENESS = "RAY_worker_niceness"
@@ -60,6 +73,7 @@ def run_federated(
     if cfg.data.root:
         absolute["data.root"] = str(Path(cfg.data.root).expanduser().resolve())
     overrides = {**cfg.to_flat(), **absolute, "partition.num-partitions": clients}
+    logging.getLogger("flwr").addFilter(hide_run_simulation_deprecation)  # once: addFilter ignores a repeat
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", RAY_GPU_TIP, FutureWarning)
         run_simulation(
