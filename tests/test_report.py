@@ -12,6 +12,7 @@ import pytest
 
 from fl_cem.config import Config
 from fl_cem.reporting.collect import RunRecord, latest_attacks, run_values
+from fl_cem.reporting.figures import missing_panel_note
 from fl_cem.reporting.fit import exponential_fit
 from fl_cem.reporting.report import _failed_or, write_report
 from fl_cem.reporting.table import build_table, mean_std
@@ -283,3 +284,11 @@ def test_an_attack_run_again_with_the_same_seed_replaces_its_result_and_one_with
     # Assert
     assert chosen[("decoder", "train", "v")]["metrics"]["mse"] == 0.010 and chosen[("decoder", "train", "v")]["repeats"] == 1
     assert chosen[("unsplit", "train", "v")]["attack_seed"] == 0 and chosen[("unsplit", "train", "v")]["repeats"] == 2
+
+
+def test_a_fig5_panel_without_an_image_says_why() -> None:
+    archived_before_grids = RunRecord(name="a", execution="centralized", status="done", values={"decoder_train_mse": 0.01})
+    attacked = RunRecord(name="b", execution="centralized", status="done", values={"decoder_train_mse": 0.01}, grids={"decoder_train": Path("x.png")})
+    assert missing_panel_note(archived_before_grids, "decoder_train") == "image not archived"
+    assert missing_panel_note(attacked, "cem_stats_train") == "not attacked"
+    assert missing_panel_note(None, "decoder_train") == "no such cell"

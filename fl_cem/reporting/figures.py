@@ -133,10 +133,8 @@ def plot_reconstructions(table: Table, records: Sequence[RunRecord], folder: Pat
         for pair in pairs:
             settings = list(dict.fromkeys((row.lam, row.cem) for row in sorted(rows, key=lambda r: r.lam)))
             lines = list(dict.fromkeys((row.method, tuple(row.other.items())) for row in rows))
-            panels = {
-                ((row.method, tuple(row.other.items())), (row.lam, row.cem)): by_name[row.cells[0]].grids.get(pair)
-                for row in rows
-            }
+            cells = {((row.method, tuple(row.other.items())), (row.lam, row.cem)): by_name[row.cells[0]] for row in rows}
+            panels = {key: record.grids.get(pair) for key, record in cells.items()}
             if not any(panels.values()):
                 continue
             fig = Figure(figsize=(3.2 * len(settings), 1.3 * len(lines) + 0.6))
@@ -150,8 +148,8 @@ def plot_reconstructions(table: Table, records: Sequence[RunRecord], folder: Pat
                     if image is not None:
                         ax.imshow(imread(image))
                     else:
-                        # an attack runs on chosen cells only (cem_stats needs CEM's statistics)
-                        ax.text(0.5, 0.5, "not attacked", ha="center", va="center", fontsize=7, color="gray", transform=ax.transAxes)
+                        note = missing_panel_note(cells.get((line, setting)), pair)
+                        ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=7, color="gray", transform=ax.transAxes)
                         for spine in ax.spines.values():
                             spine.set_visible(False)
                     if i == 0:
@@ -162,6 +160,20 @@ def plot_reconstructions(table: Table, records: Sequence[RunRecord], folder: Pat
             fig.suptitle(f"{execution}: {_pretty(pair + '_mse').replace(' MSE', '')} reconstructions (top: originals)", fontsize=9)
             paths.append(_save(fig, folder / f"fig5_reconstructions_{_file_part(execution)}_{pair}.png"))
     return paths
+
+
+def missing_panel_note(record: RunRecord | None, pair: str) -> str:
+    """What a Fig. 5 panel without an image says: why the ``pair`` (``decoder_train``) grid is absent.
+
+    A sweep may exclude a cell (No_defense with CEM), run an attack on chosen cells only
+    (``cem_stats`` needs CEM's statistics), or hold cells archived before their grids were kept,
+    which have the attack's figures but no image.
+    """
+    if record is None:
+        return "no such cell"
+    if any(key.startswith(f"{pair}_") for key in record.values):
+        return "image not archived"
+    return "not attacked"
 
 
 def _pretty(column: str) -> str:
