@@ -292,3 +292,21 @@ def test_a_fig5_panel_without_an_image_says_why() -> None:
     assert missing_panel_note(archived_before_grids, "decoder_train") == "image not archived"
     assert missing_panel_note(attacked, "cem_stats_train") == "not attacked"
     assert missing_panel_note(None, "decoder_train") == "no such cell"
+
+
+def test_a_hijacking_servers_last_round_is_the_reports_fsha_column() -> None:
+    # Prepare: two rounds of a federated run under FSHA; the last one counts
+    def round_(mse: float, failed: bool) -> dict[str, Any]:
+        return {"round": 1, "hijack": {"inversion_mse": mse, "mean_image_mse": 0.07, "mse_to_mean_image": mse / 0.07, "failed": failed}}
+
+    hijacked = {"kind": "federated", "final": {"test_accuracy_mean": 0.5}, "rounds": [round_(0.07, True), round_(0.02, False)]}
+    resisted = {"kind": "federated", "final": {"test_accuracy_mean": 0.5}, "rounds": [round_(0.02, False), round_(0.075, True)]}
+    honest = {"kind": "federated", "final": {"test_accuracy_mean": 0.5}, "rounds": [{"round": 1, "hijack": {}}]}
+    # Execute
+    values = run_values(hijacked)
+    # Assert
+    assert values["fsha_train_mse"] == 0.02 and values["fsha_train_mean_image"] == 0.07
+    assert "fsha_train_mse" not in run_values(resisted) and run_values(resisted)["fsha_train_failed"] == 1.0
+    assert not any(key.startswith("fsha") for key in run_values(honest))
+    table = build_table([RunRecord("cell", "federated", "done", {"defense.name": "bottleneck", "cem.lambda": 0.0, "run.seed": 0}, values)])
+    assert "fsha_train_mse" in table.columns and _failed_or("fsha_train_mse", table.rows[0]) == "0.0200"

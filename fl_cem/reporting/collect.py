@@ -17,6 +17,8 @@ The numbers are the paper's Table 1 columns and ours, one value per run:
   over the attacked clients), and ``<attack>_<mode>_violated`` / ``_violated_full`` = 1 where
   an attack's MSE fell below that estimate (its ``H(x)`` estimate is too high); a failed attack
   keeps its flag but has no ratio;
+- ``fsha_train_{mse,mean_image,failed}``: a hijacking server's (``malicious.attack = fsha``)
+  inversion of the last round's intercepted batches, as that round scored it;
 - ``train_s``, ``attack_s``: wall time of training and of the recorded attacks.
 """
 
@@ -98,6 +100,25 @@ def run_values(results: dict[str, Any]) -> dict[str, float]:
                 values[f"{pair}_ratio{suffix}"] = sum(ratios) / len(ratios)
     if latest:
         values["attack_s"] = sum(float(entry["repeats_time_s"]) for entry in latest.values())
+    values.update(hijack_values(results))
+    return values
+
+
+def hijack_values(results: dict[str, Any]) -> dict[str, float]:
+    """FSHA's figures of a federated run whose server hijacked: its last round's inversion score.
+
+    The malicious server attacks while training, so its result is the run's, not an entry of
+    ``attacks``; it is shown as the ``fsha`` attack in train mode (it inverts training batches).
+    """
+    rounds = results.get("rounds") or []
+    hijack = rounds[-1].get("hijack") if rounds else None
+    if not hijack or hijack.get("inversion_mse") is None:
+        return {}
+    values = {"fsha_train_mean_image": float(hijack["mean_image_mse"])}
+    if hijack.get("failed"):
+        values["fsha_train_failed"] = 1.0
+    else:
+        values["fsha_train_mse"] = float(hijack["inversion_mse"])
     return values
 
 

@@ -38,7 +38,7 @@ HEADERS = {
     "train_s": "Train s",
     "attack_s": "Attack s",
 }
-ATTACK_NAMES = {"decoder": "Dec.", "gan": "GAN", "fora": "FORA (black-box)", "unsplit": "UnSplit (black-box)"}
+ATTACK_NAMES = {"decoder": "Dec.", "gan": "GAN", "fora": "FORA (black-box)", "unsplit": "UnSplit (black-box)", "fsha": "FSHA (malicious server)"}
 NOTES = """\
 Values are mean ± sample standard deviation over seeds; n is the number of seeds (no ± for n = 1).
 Acc.: test accuracy after the last epoch (federated: mean over the clients' encoders).
