@@ -238,6 +238,7 @@ def test_in_process_runs_hide_flowers_run_simulation_deprecation_and_nothing_els
         warn_deprecated_feature("The `run_simulation` function is deprecated and will be removed")
         warn_deprecated_feature("something else")
         logger.warning("a client did not answer")
+        logger.warning("%(node)s left", {"node": "node 3"})
     finally:
         logger.removeHandler(handler)
-    assert [r.getMessage().split("\n")[0] for r in seen] == ["DEPRECATED FEATURE: something else", "a client did not answer"]
+    assert [r.getMessage().split("\n")[0] for r in seen] == ["DEPRECATED FEATURE: something else", "a client did not answer", "node 3 left"]

@@ -38,7 +38,8 @@ of their own; ``fl-cem federated`` already goes through ``flwr run``."""
 
 def hide_run_simulation_deprecation(record: logging.LogRecord) -> bool:
     """Logging filter: drop Flower's ``run_simulation`` deprecation warning, keep every other record."""
-    return not (record.args and str(record.args[0]).startswith(RUN_SIMULATION_DEPRECATED))
+    # args is a tuple, or a mapping for a call with one dict argument (logging's rule)
+    return not (isinstance(record.args, tuple) and record.args and str(record.args[0]).startswith(RUN_SIMULATION_DEPRECATED))
 
 
 RAY_WORKER_NICENESS = "RAY_worker_niceness"
