@@ -70,8 +70,9 @@ def test_a_repeat_of_an_attack_draws_its_own_randomness_on_the_same_targets(tiny
 
 
 def test_attack_on_a_federated_run_inverts_what_the_server_recorded_in_the_last_round(tiny: Callable[..., Config]) -> None:
-    # Prepare: two rounds, a recording of 64 rows (each client sends 135 images a round)
-    cfg = tiny(**{"run.name": "fed", "partition.num-partitions": 2, "attack.intercept-max": 64})
+    # Prepare: two rounds, a recording of 64 rows (each client sends 135 images a round); up to
+    # half the split may be scored, so no victim's rows are sampled down
+    cfg = tiny(**{"run.name": "fed", "partition.num-partitions": 2, "attack.intercept-max": 64, "attack.holdout": 0.5})
     simulate(cfg, num_clients=2)
     root = RunDir.for_config(cfg).root
     record = torch.load(root / "intercept" / "intercept.pt", weights_only=True)
@@ -88,6 +89,16 @@ def test_attack_on_a_federated_run_inverts_what_the_server_recorded_in_the_last_
         assert outcome["target_source"] == "wire" and outcome["targets"] == in_latest > in_whole
     with pytest.raises(ValueError, match="no state for client 5"):
         attack_run(str(root), "decoder", "train", client=5, overrides=FAST)
+
+
+def test_a_federated_victim_that_sent_the_whole_split_leaves_the_attacker_its_data(tiny: Callable[..., Config]) -> None:
+    # Prepare: one client, so its last round carries every one of the 270 training images
+    cfg = tiny(**{"run.name": "one", "partition.num-partitions": 1})
+    simulate(cfg, num_clients=1)
+    # Execute
+    (outcome,) = attack_run(str(RunDir.for_config(cfg).root), "decoder", "train", overrides=FAST)
+    # Assert: 10 % of the split scored (attack.holdout), the other 90 % the attacker's
+    assert outcome["target_source"] == "wire" and outcome["targets_offered"] == 27 and outcome["aux"] == 270 - 27
 
 
 def test_attack_on_a_noise_free_run_reports_no_bound_ratio(tiny: Callable[..., Config]) -> None:

@@ -9,10 +9,11 @@ sent that the attacker does not hold (never an auxiliary image's: image/feature 
 make it white-box). Targets are
 
 - ``train`` mode of a federated run with a recording: the smashed data the curious server
-  actually received in the last round (``intercept/intercept.pt``), scored against the images
-  the client sent, which are found by replaying the client's deterministic data order; the
-  attacker learns from the rest of the training split; the recording's earlier rounds, less
-  rows of images the attacker holds, are the further intercepted rows;
+  actually received in the last round (``intercept/intercept.pt``), at most ``attack.holdout``
+  of the training split's size of them, scored against the images the client sent, which are
+  found by replaying the client's deterministic data order; the attacker learns from the rest
+  of the training split; the recording's other rows, less rows of images the attacker holds,
+  are the further intercepted rows;
 - otherwise: held-out images (see :func:`fl_cem.attacks.evaluate.attack_splits`), smashed
   with the victim's encoder and noise. In ``train`` mode the training images left out of the
   auxiliary set by ``attack.aux-limit`` are the further intercepted rows; in ``infer`` mode the
@@ -131,10 +132,10 @@ class WireRecord:
     """Training-split indices of their images."""
 
 
-def wire_targets(run: RunDir, victim: Victim) -> WireRecord | None:
+def wire_targets(run: RunDir, victim: Victim, most: int, seed: int) -> WireRecord | None:
     """The recording of the victim's rows: its last round as targets (from the latest round's
-    reservoir when the victim trained in it, else the whole run's), the earlier ones as further
-    intercepts."""
+    reservoir when the victim trained in it, else the whole run's), at most ``most`` of them (a
+    sample drawn with ``seed``), the others as further intercepts."""
     path = run.root / "intercept" / "intercept.pt"
     if victim.federated is None or not path.is_file():
         return None
@@ -155,9 +156,17 @@ def wire_targets(run: RunDir, victim: Victim) -> WireRecord | None:
     else:
         return None
     earlier = mine & (meta[:, round_] < last_round)
+    earlier_z, earlier_meta = record["z"][earlier], meta[earlier]
+    if len(target_z) > most:
+        # With one or two clients the last round spans nearly the whole training split: scoring
+        # all of it would leave the attacker, who learns from the split's other images, none.
+        order = torch.randperm(len(target_z), generator=torch.Generator().manual_seed(seed))
+        chosen, rest = order[:most].sort().values, order[most:].sort().values
+        earlier_z, earlier_meta = torch.cat([earlier_z, target_z[rest]]), torch.cat([earlier_meta, target_meta[rest]])
+        target_z, target_meta = target_z[chosen], target_meta[chosen]
     target_images, target_index = replay(victim.federated.loader, target_meta, fields, with_images=True)
-    _, earlier_index = replay(victim.federated.loader, meta[earlier], fields, with_images=False)
-    return WireRecord(target_z, target_images, target_index, record["z"][earlier], earlier_index)
+    _, earlier_index = replay(victim.federated.loader, earlier_meta, fields, with_images=False)
+    return WireRecord(target_z, target_images, target_index, earlier_z, earlier_index)
 
 
 def replay(loader: BatchLoader, meta: Tensor, fields: dict[str, int], with_images: bool) -> tuple[Tensor, Tensor]:
@@ -199,7 +208,8 @@ def attack_run(
         victims = load_victims(run, cfg, client, device)
         for victim in victims:
             tick = time.perf_counter()
-            wire = wire_targets(run, victim) if mode == "train" else None
+            most = max(1, int(cfg.attack.holdout * len(train_images)))
+            wire = wire_targets(run, victim, most, cfg.run.seed) if mode == "train" else None
             intercepted_images: Tensor | None = None
             if wire is not None:
                 keep = torch.ones(len(train_images), dtype=torch.bool)

@@ -58,7 +58,8 @@ class AttackConfig:
     auxiliary images stay those of ``run.seed``, so repeats 0, 1, 2 score the same images. Reports
     keep, per victim, the repeat the attacker's own validation images favour (restarts)."""
     holdout: float = 0.1
-    """``train`` mode: share of the training split held out as targets, never in the attacker's data."""
+    """``train`` mode: share of the training split held out as targets, never in the attacker's data
+    (federated runs: the most last-round wire rows scored, as a share of the training split)."""
     aux_limit: int = 0
     """Most auxiliary images the attacker trains on, a seeded sample (0 = all its split offers);
     bounds an attack's CPU cost when the training split is large."""
