@@ -1,6 +1,7 @@
 """Feature-space hijacking against defenses: the malicious server's inversion and the clients' alarm.
 
-Usage: ``python benchmarks/fsha_defenses.py [--workload digits|cifar10] [--rounds 8] [--seed 0] [--cells ...] [--servers none fsha]``
+Usage: ``python benchmarks/fsha_defenses.py [--workload digits|cifar10] [--rounds 8] [--seed 0] [--cells ...] [--servers none fsha]
+[--set KEY=VALUE ...] [--label NAME]``
 
 The ``digits`` workload (default) is the protocol of README's FSHA figures: the embedded digits (all 1,294 training images, one
 client, one local epoch a round, the 359 test images as the server's public data), ResNet-20
@@ -53,6 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fl_cem.config import Config  # noqa: E402
+from fl_cem.config.flat import parse_override  # noqa: E402
 from fl_cem.federated.launch import run_federated  # noqa: E402
 from fl_cem.reporting.run_dir import environment, git_commit  # noqa: E402
 
@@ -129,14 +131,18 @@ def main() -> None:
     parser.add_argument("--cifar-root", default=str(CIFAR_TARBALL), help="CIFAR-10 image folder or tarball (cifar10 workload)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more keys under every cell, e.g. malicious.gradient-scale=0.04")
+    parser.add_argument("--label", default="", help="suffix of the JSON's name, to keep a variant's results apart")
     parser.add_argument("--servers", nargs="+", default=["none", "fsha"], choices=["none", "fsha"], help="honest (none) and/or malicious runs of each cell")
     parser.add_argument("--cells", nargs="+", choices=list(CELLS), help="default: all (digits), all but readme_defaults (cifar10)")
     args = parser.parse_args()
     protocol = dict(WORKLOADS[args.workload])
     if args.workload == "cifar10":
         protocol["data.root"] = args.cifar_root
+    protocol.update(parse_override(item) for item in args.set)
     cells = args.cells or [c for c in CELLS if args.workload == "digits" or c != "readme_defaults"]
-    results_path = RESULTS / ("fsha_defenses.json" if args.workload == "digits" else f"fsha_defenses_{args.workload}.json")
+    name = "fsha_defenses" + ("" if args.workload == "digits" else f"_{args.workload}") + (f"_{args.label}" if args.label else "")
+    results_path = RESULTS / f"{name}.json"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     out: dict[str, Any] = {
