@@ -116,6 +116,7 @@ def per_round(results: dict[str, Any]) -> list[dict[str, Any]]:
             "mse_to_mean_image": hijack.get("mse_to_mean_image"),
             "failed": hijack.get("failed"),
             "critic_distance": hijack.get("critic_distance"),
+            "autoencoder_mse": hijack.get("autoencoder_mse"),
             "gradient_norm_cv": client.get("gradient_norm_cv"),
             "hijack_alarm": client.get("hijack_alarm"),
             "test_accuracy": r["test"].get("accuracy_mean"),
