@@ -100,9 +100,41 @@ def test_the_flower_server_app_hijacks_and_reports_each_round(tiny: Callable[...
     assert checkpoint["server"]["hijack"]["steps"] > 0
 
 
-def test_a_restored_hijacker_takes_the_same_next_steps(tiny: Callable[..., Config]) -> None:
+def test_cancelling_momentum_sends_this_critics_gradient_less_momentum_times_the_last_sent_ones(tiny: Callable[..., Config]) -> None:
+    # Prepare: the same hijacker with and without cancelling, and two clients' batches
+    public = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    cfg = tiny(**{"malicious.attack": "fsha", "malicious.cancel-momentum": True, "train.momentum": 0.9})
+    shape = build_split_model(cfg.model, (1, 8, 8), 10, (0.5,), (0.3,)).smashed_shape
+    z = torch.randn(4, 16, *shape, generator=torch.Generator().manual_seed(0))
+    cancelling = FeatureSpaceHijack(cfg, public, 10, shape, torch.device("cpu"))
+    plain = FeatureSpaceHijack(cfg.replace(**{"malicious.cancel-momentum": False}), public, 10, shape, torch.device("cpu"))
+
+    def critic_gradient(weights: dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        critic = cancelling.sent_critic
+        critic.load_state_dict(weights)
+        private = batch.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(private).mean(), private)
+        return grad
+
+    # Execute: client 0, client 1, then client 0 again
+    sent_to_0 = {k: v.clone() for k, v in cancelling.critic.state_dict().items()}
+    first = cancelling.step(z[0], (0, 1, 0, 0))
+    plain_first = plain.step(z[0], (0, 1, 0, 0))
+    cancelling.step(z[1], (1, 1, 0, 0))
+    current = {k: v.clone() for k, v in cancelling.critic.state_dict().items()}
+    second = cancelling.step(z[2], (0, 1, 0, 1))
+    # Assert: a client's first batch gets the plain gradient; its next one this critic's less 0.9
+    # times the gradient of the critic it was last sent from (not client 1's), both at this batch
+    torch.testing.assert_close(first, plain_first, rtol=0, atol=0)
+    expected = 0.1 * (critic_gradient(current, z[2]) - 0.9 * critic_gradient(sent_to_0, z[2]))
+    torch.testing.assert_close(second, expected)
+    assert not torch.allclose(second, 0.1 * critic_gradient(current, z[2]))
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_a_restored_hijacker_takes_the_same_next_steps(tiny: Callable[..., Config], cancel: bool) -> None:
     # Prepare: a hijacker that has served 3 batches, checkpointed, and a fresh one loaded from it
-    cfg = tiny(**{"malicious.attack": "fsha", "noise.sigma": 0.1})
+    cfg = tiny(**{"malicious.attack": "fsha", "noise.sigma": 0.1, "malicious.cancel-momentum": cancel})
     public = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
     shape = build_split_model(cfg.model, (1, 8, 8), 10, (0.5,), (0.3,)).smashed_shape
     z = torch.randn(8, 16, *shape, generator=torch.Generator().manual_seed(0))

@@ -89,6 +89,11 @@ class FeatureSpaceHijack:
             self.pilot = place(model.encoder, device, model_format(device, input_shape))
             self.inverse = decoding_network(smashed_shape, input_shape, blocks=INVERSE_BLOCKS).to(device)
             self.critic = feature_critic(smashed_shape).to(device)
+            self.sent_critic = feature_critic(smashed_shape).to(device)
+            """Spare critic, loaded with a client's :attr:`last_sent` weights for momentum cancelling."""
+        self.momentum = cfg.train.momentum if self.cfg.cancel_momentum else 0.0
+        self.last_sent: dict[int, dict[str, Tensor]] = {}
+        """Per client, the critic weights its last sent gradient came from (``malicious.cancel-momentum``)."""
         self.optimizer = torch.optim.Adam([*self.pilot.parameters(), *self.inverse.parameters()], lr=self.cfg.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.cfg.critic_lr, betas=ADAM_BETAS)
         self.steps = 0
@@ -124,6 +129,7 @@ class FeatureSpaceHijack:
 
             private = z.detach().float().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.critic(private).mean(), private)
+            grad = self._cancel_momentum(grad, private, source[0])
 
             public_features = z_public.detach()
             distance = self.critic(private.detach()).mean() - self.critic(public_features).mean()
@@ -136,6 +142,26 @@ class FeatureSpaceHijack:
         self.sums["autoencoder_mse"] += autoencoder.item()
         self.sums["critic_distance"] += distance.item()
         return (self.cfg.gradient_scale * grad).to(z.dtype)
+
+    def _cancel_momentum(self, grad: Tensor, private: Tensor, client: int) -> Tensor:
+        """``grad - momentum * g'``, ``g'`` the critic of ``client``'s last batch at this batch; records this critic for its next.
+
+        A client stepping SGD with momentum ``m`` moves by its buffer ``v_t = m v_{t-1} + J^T g_t``.
+        Sending ``g_t = d_t - m d'_t`` (``d`` this critic's gradient, ``d'`` the last-sent
+        critic's, both at this batch's ``z``) keeps ``v_t`` near ``J^T d_t``: the batch-averaged
+        ``J^T d'`` estimates what the last step added to the buffer. Without it the buffer sums
+        about ten steps of critics the client has already moved past, and on CIFAR-10 the
+        clients' features ran away from the pilot's (README).
+        """
+        if self.momentum == 0.0:
+            return grad
+        last = self.last_sent.get(client)
+        self.last_sent[client] = {key: value.detach().clone() for key, value in self.critic.state_dict().items()}
+        if last is None:
+            return grad
+        self.sent_critic.load_state_dict(last)
+        (previous,) = torch.autograd.grad(self.sent_critic(private).mean(), private)
+        return grad - self.momentum * previous
 
     def _keep(self, z: Tensor, source: Source) -> None:
         """Hold the batch for :meth:`score`, dropping the oldest once the rest still cover ``malicious.scored`` rows."""
@@ -187,10 +213,12 @@ class FeatureSpaceHijack:
         """What a resumed run needs to serve the next round exactly as an uninterrupted one would
         (``tests/test_fsha.py`` checks it bit for bit through a killed ServerApp).
 
-        The three networks (with their batch-norm statistics), both Adam states and the step
-        count, which seeds every random draw of :meth:`step`. Not stored: ``kept``, ``sums`` and
-        ``round_steps`` belong to one round (:meth:`start_round` clears them) and the server
-        checkpoints only between rounds, after :meth:`score`; the public images come from the config.
+        The three networks (with their batch-norm statistics), both Adam states, the step
+        count, which seeds every random draw of :meth:`step`, and the critic weights each
+        client was last sent from (``malicious.cancel-momentum``; absent in older checkpoints).
+        Not stored: ``kept``, ``sums`` and ``round_steps`` belong to one round (:meth:`start_round`
+        clears them) and the server checkpoints only between rounds, after :meth:`score`; the
+        public images come from the config.
         """
         return {
             "pilot": self.pilot.state_dict(),
@@ -199,6 +227,7 @@ class FeatureSpaceHijack:
             "optimizer": self.optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "steps": self.steps,
+            "last_sent": self.last_sent,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -208,6 +237,7 @@ class FeatureSpaceHijack:
         self.optimizer.load_state_dict(state["optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.steps = int(state["steps"])
+        self.last_sent = dict(state.get("last_sent", {}))
 
 
 def replay_from(loaders: Mapping[int, BatchLoader]) -> Replay:
