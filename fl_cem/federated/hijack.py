@@ -14,6 +14,10 @@ autoencoder's, the critic's) come from the networks as the batch found them, as 
 public images are the test split, which no client trains on: the authors' ``load_mnist`` gives
 the client MNIST's training set and the server its test set.
 
+Clients stepping SGD with momentum sum about ten critics' gradients in their buffers; on CIFAR-10
+that made their features run away from the pilot's, and ``malicious.cancel-momentum`` subtracts
+the part their buffer already holds (:meth:`FeatureSpaceHijack._cancel_momentum`).
+
 The client's protocol is unchanged (smashed data up, a gradient of z's shape down). The
 server still steps its decoder on the hijacked features, so the accuracy it reports stays
 plausible; its gradient is what is dropped.
