@@ -98,6 +98,15 @@ def test_differences_ignore_where_a_run_executes() -> None:
     assert cfg.differences({**other, "cem.lambda": 1.0}) == ["cem.lambda"]
 
 
+def test_differences_ignore_a_verdict_threshold_so_runs_recorded_under_an_older_default_stay_valid() -> None:
+    # Prepare: a run recorded when the clients' alarm threshold defaulted to 0.1
+    cfg = Config()
+    recorded = {**cfg.to_flat(), "malicious.alarm": 0.1}
+    # Execute / Assert: it still resumes and restores (the CV is recorded; 0.1 only made its verdicts)
+    assert cfg.differences(recorded) == []
+    assert cfg.differences({**recorded, "malicious.gradient-scale": 0.5}) == ["malicious.gradient-scale"]
+
+
 def test_differences_compare_the_data_root_as_the_file_it_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: a sweep cell names its data relative to the working directory; a federated launch
     # recorded it absolute (an interrupted federated cell failed to resume on this)

@@ -22,6 +22,7 @@ from fl_cem.config.checks import Scalar
 from fl_cem.config.config import (
     EXECUTION_KEYS,
     TRAINING_ATTACK_KEYS,
+    VERDICT_KEYS,
     Config,
     field_docs,
 )
@@ -44,7 +45,7 @@ from fl_cem.config.sections import (
 
 __all__ = [
     "ARCHS", "ARL_LOSSES", "ATTACK_MODES", "ATTACK_NETWORKS", "ATTACK_SCHEDULES", "CEM_FEDERATION", "CEM_VARIANTS",
-    "COVARIANCES", "DATA_SOURCES", "EXECUTION_KEYS", "MALICIOUS_ATTACKS", "PARTITIONERS", "SCHEDULES", "SERVE_ORDERS", "TRAINING_ATTACK_KEYS",
+    "COVARIANCES", "DATA_SOURCES", "EXECUTION_KEYS", "MALICIOUS_ATTACKS", "PARTITIONERS", "SCHEDULES", "SERVE_ORDERS", "TRAINING_ATTACK_KEYS", "VERDICT_KEYS",
     "VARIANTS", "AttackConfig", "CEMConfig", "Config", "DataConfig", "DefenseConfig", "FederatedConfig", "MaliciousConfig", "ModelConfig",
     "NoiseConfig", "PartitionConfig", "RunConfig", "Scalar", "TrainConfig", "field_docs", "flatten", "parse_override",
 ]

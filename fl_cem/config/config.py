@@ -29,6 +29,11 @@ from fl_cem.config.sections import (
 from fl_cem.registry import list_attacks, list_defenses
 
 EXECUTION_KEYS = ("run.resume", "run.device", "run.output-dir")
+VERDICT_KEYS = ("malicious.alarm",)
+"""Thresholds that only turn a recorded statistic into a verdict (each client's gradient-norm CV,
+recorded per round, into ``hijack_alarm``): a checkpoint or archived sweep cell made under another
+value stays valid (its earlier rounds keep the verdicts of their time), and reports do not split
+rows by them."""
 PATH_KEYS = ("data.root",)
 """Compared as the files they name: a federated launch records them absolute (Ray's workers
 need not share the working directory), a sweep cell as the sweep file wrote them."""
@@ -125,12 +130,12 @@ class Config:
         so a checkpoint stays valid across them (a sweep moved to a GPU, an absolute path).
         ``data.root`` matches when both name the same file from here (``PATH_KEYS``).
         The attacker's settings (``attack.*`` but the curious server's interception during
-        training) only act after training, and a key the checkpoint predates counts as its
+        training) only act after training, ``VERDICT_KEYS`` only threshold what is recorded, and a key the checkpoint predates counts as its
         default, which keeps what the older code computed: a run trained before an upgrade
         resumes after it.
         """
         defaults = Config.defaults_flat()
-        mine = {k: v for k, v in self.to_flat().items() if k not in EXECUTION_KEYS and not _attack_only(k)}
+        mine = {k: v for k, v in self.to_flat().items() if k not in EXECUTION_KEYS + VERDICT_KEYS and not _attack_only(k)}
         return sorted(k for k in mine if not _same(k, mine[k], other.get(k, defaults[k])))
 
     def cem_idle_reason(self, kind: str) -> str | None:

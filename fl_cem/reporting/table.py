@@ -28,12 +28,13 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
+from fl_cem.config import VERDICT_KEYS
 from fl_cem.reporting.collect import BOUND_ESTIMATES, QUALITY, RunRecord
 
 METHOD_KEY = "defense.name"
 CEM_KEY = "cem.lambda"
 # Keys that never define a row: where and how a run ran, and the seed rows average over.
-IGNORED_KEYS = ("run.name", "run.output-dir", "run.seed", "run.device", "run.resume")
+IGNORED_KEYS = ("run.name", "run.output-dir", "run.seed", "run.device", "run.resume", *VERDICT_KEYS)
 FIXED_COLUMNS = (
     "accuracy", "hxz_relative", "global_hxz_relative", "mse_lower_bound", "global_mse_lower_bound",
     "mse_lower_bound_full", "global_mse_lower_bound_full", "train_s", "attack_s",
