@@ -208,5 +208,7 @@ def test_malicious_attack_is_validated_and_refused_centrally(tiny: Callable[...,
         tiny(**{"malicious.attack": "tiger"})
     with pytest.raises(ValueError, match="malicious.gradient-scale must be > 0"):
         tiny(**{"malicious.gradient-scale": 0.0})
+    with pytest.raises(ValueError, match="malicious.alarm must be >= 0"):
+        tiny(**{"malicious.alarm": -1.0})
     with pytest.raises(ValueError, match="federated server's attack"):
         train_centralized(tiny(**{"malicious.attack": "fsha"}), log=lambda _: None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fl_cem.config.checks import one_of, positive
+from fl_cem.config.checks import non_negative, one_of, positive
 
 MALICIOUS_ATTACKS = ("none", "fsha")
 
@@ -59,3 +59,4 @@ class MaliciousConfig:
         positive("malicious.gradient-penalty", self.gradient_penalty)
         positive("malicious.gradient-scale", self.gradient_scale)
         positive("malicious.scored", self.scored)
+        non_negative("malicious.alarm", self.alarm)
