@@ -27,7 +27,8 @@ written; one local epoch per round, so the passes match) and writes
 ``--cifar10-set federated.sync-every=1 federated.encoder-lr-scale=10`` changes the federated
 run only (the linear scaling rule, docs/FEDERATED.md), ``--set cem.lambda=0`` both runs, and
 ``--label NAME`` appends ``_NAME`` to the file name, and ``--seeds 0 1 2`` repeats both runs per
-seed (at five passes the centralized accuracy alone moves by 5 points between seeds).
+seed (at five passes the centralized accuracy alone moves by 5 points between seeds); seeds an
+earlier run of the same setting wrote to that file are kept, so ``--seeds 3 4`` adds two.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def cifar10(
     seed (``run.seed``: initialisation, data order, partition); ``federated_keys``
     (``federated.*``) change the federated run only, ``both_keys`` both."""
     print(f"load average before: {os.getloadavg()}", flush=True)
-    cells = []
+    cells = _earlier_seeds(_cifar10_path(partitioner, label), config, clients, federated_keys, both_keys, seeds)
     for seed in seeds:
         with TemporaryDirectory() as tmp:
             overrides = {"run.output-dir": tmp, "run.device": "cpu", "run.seed": seed, **({"partition.partitioner": partitioner} if partitioner else {}), **both_keys}
@@ -81,7 +82,7 @@ def cifar10(
         cells.append({
             "seed": seed, "centralized_test_accuracy": central["test_accuracy"], "federated_test_accuracy_mean": federated["test_accuracy_mean"],
             "federated_local_test_accuracy_mean": federated["local_test_accuracy_mean"], "gap_to_centralized": central["test_accuracy"] - federated["test_accuracy_mean"],
-            "centralized_seconds": central_s, "federated_seconds": federated_s,
+            "centralized_seconds": central_s, "federated_seconds": federated_s, "commit": git_commit(), "load_average": os.getloadavg()[0],
         })
         _write_cifar10(config, clients, fed_cfg, passes, federated_keys, both_keys, cells, partitioner, label)
 
@@ -103,8 +104,27 @@ def _write_cifar10(
     }
     print(f"gap to centralized over {len(cells)} seeds: {out['gap_to_centralized']:.3f} +- {out['gap_std']:.3f}", flush=True)
     RESULTS.mkdir(exist_ok=True)
+    _cifar10_path(partitioner, label).write_text(json.dumps(out, indent=2))
+
+
+def _cifar10_path(partitioner: str | None, label: str | None) -> Path:
     suffix = (f"_{partitioner}" if partitioner else "") + (f"_{label}" if label else "")
-    (RESULTS / f"federated_accuracy_cifar10{suffix}.json").write_text(json.dumps(out, indent=2))
+    return RESULTS / f"federated_accuracy_cifar10{suffix}.json"
+
+
+def _earlier_seeds(
+    path: Path, config: Path, clients: int, federated_keys: dict[str, object], both_keys: dict[str, object], seeds: list[int]
+) -> list[dict[str, object]]:
+    """The seeds an earlier run of the same setting wrote to ``path`` and this one does not rerun,
+    so seeds can be added a few at a time; each earlier seed keeps the commit that measured it
+    (the file's, for seeds written before cells recorded their own)."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    setting = (str(config), clients, federated_keys, both_keys)
+    if (earlier["config"], earlier["clients"], earlier["federated_keys"], earlier["keys"]) != setting:
+        raise SystemExit(f"{path} holds another setting; pass --label to write elsewhere")
+    return [{"commit": earlier["commit"], **cell} for cell in earlier["seeds"] if cell["seed"] not in seeds]
 
 
 def main() -> None:
