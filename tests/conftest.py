@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +14,38 @@ from fl_cem.config import Config
 # One thread per process: the Ray actors and the test process share two cores, and
 # oversubscribed torch threads run many times slower than one.
 torch.set_num_threads(1)
+
+RAY_USER = re.compile(r"simulate\(|run_federated|run_simulation|ray\.init|subprocess")
+"""Source text of a test module that starts Ray, Flower or a child process."""
+
+TEST_IMPORT = re.compile(r"from (?:\.|tests\.)(test_\w+) import")
+"""A test module's import of another's helpers (``channel_run`` starts Flower for its importer too)."""
+
+
+def starts_ray(path: Path, seen: frozenset[Path] = frozenset()) -> bool:
+    """Whether the test module at ``path``, or a test module it imports helpers from, matches :data:`RAY_USER`."""
+    source = path.read_text()
+    if RAY_USER.search(source):
+        return True
+    imported = (path.with_name(f"{name}.py") for name in TEST_IMPORT.findall(source))
+    return any(starts_ray(other, seen | {path}) for other in imported if other not in seen and other.is_file())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put every test of a module that starts Ray or Flower in one xdist group.
+
+    The README runs the tests on two pytest-xdist workers with ``--dist loadgroup``: the group
+    runs serially on one worker, so no two Ray clusters or SuperLinks (fixed ports) ever run at
+    once, while the other worker takes the in-process tests, which run on one thread each.
+    Without xdist the mark does nothing.
+    """
+    grouped: dict[Path, bool] = {}
+    for item in items:
+        if item.path not in grouped:
+            grouped[item.path] = starts_ray(item.path)
+        if grouped[item.path]:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
 
 TINY = {
     "run.name": "tiny",
