@@ -31,10 +31,14 @@ def starts_ray(path: Path, seen: frozenset[Path] = frozenset()) -> bool:
     return any(starts_ray(other, seen | {path}) for other in imported if other not in seen and other.is_file())
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Put every test of a module that starts Ray or Flower in one xdist group.
 
-    The README runs the tests on two pytest-xdist workers with ``--dist loadgroup``: the group
+    ``tryfirst``: each xdist worker reads the marks in its own hook of the same name, which must
+    run after this one. The grouping needs pytest below 9.2 (pyproject.toml): 9.2 keeps node ids
+    where xdist 3.8 no longer writes the group into them, so every test went to any worker and a
+    first CI run had two ``flwr run`` tests at once, both failing. The README runs the tests on two pytest-xdist workers with ``--dist loadgroup``: the group
     runs serially on one worker, so no two Ray clusters or SuperLinks (fixed ports) ever run at
     once, while the other worker takes the in-process tests, which run on one thread each.
     Without xdist the mark does nothing.

@@ -109,8 +109,8 @@ def test_cancelling_momentum_sends_this_critics_gradient_less_momentum_times_the
     cfg = tiny(**{"malicious.attack": "fsha", "malicious.cancel-momentum": True, "train.momentum": 0.9})
     shape = build_split_model(cfg.model, (1, 8, 8), 10, (0.5,), (0.3,)).smashed_shape
     z = torch.randn(4, 16, *shape, generator=torch.Generator().manual_seed(0))
-    cancelling = FeatureSpaceHijack(cfg, public, 10, shape, torch.device("cpu"))
-    plain = FeatureSpaceHijack(cfg.replace(**{"malicious.cancel-momentum": False}), public, 10, shape, torch.device("cpu"))
+    cancelling = FeatureSpaceHijack(cfg, public, 10, False, shape, torch.device("cpu"))
+    plain = FeatureSpaceHijack(cfg.replace(**{"malicious.cancel-momentum": False}), public, 10, False, shape, torch.device("cpu"))
 
     def critic_gradient(weights: dict[str, torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
         critic = cancelling.sent_critic
@@ -134,16 +134,41 @@ def test_cancelling_momentum_sends_this_critics_gradient_less_momentum_times_the
     assert not torch.allclose(second, 0.1 * critic_gradient(current, z[2]))
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_the_pilot_trains_on_public_images_augmented_as_the_clients_augment_theirs(tiny: Callable[..., Config], augment: bool) -> None:
+    # Prepare: public images with no black pixel, and a pilot that records what it is given
+    public = torch.randint(1, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    cfg = tiny(**{"malicious.attack": "fsha", "malicious.augment": augment, "data.augment": True})
+    shape = build_split_model(cfg.model, (3, 16, 16), 10, (0.5,) * 3, (0.3,) * 3).smashed_shape
+    hijacker = FeatureSpaceHijack(cfg, public, 10, True, shape, torch.device("cpu"))
+    seen: list[torch.Tensor] = []
+    hijacker.pilot.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone()))
+    z = torch.rand(2, 32, *shape, generator=torch.Generator().manual_seed(0))
+    # Execute
+    for i in range(2):
+        hijacker.step(z[i], (0, 1, 0, i))
+    # Assert: augmented, most rows have the crop's zero border (padding 2 at 16x16) and about
+    # half are mirrored; otherwise every row is a public image as it is
+    images = torch.cat(seen)
+    exact = {tuple(row.flatten().tolist()) for row in hijacker.public}
+    unchanged = sum(tuple(row.flatten().tolist()) in exact for row in images)
+    bordered = int((images.amax(dim=(1, 3)) == 0).any(dim=1).logical_or((images.amax(dim=(1, 2)) == 0).any(dim=1)).sum())
+    if augment:
+        assert bordered > len(images) / 2 and unchanged < len(images) / 4
+    else:
+        assert bordered == 0 and unchanged == len(images)
+
+
 @pytest.mark.parametrize("cancel", [False, True])
 def test_a_restored_hijacker_takes_the_same_next_steps(tiny: Callable[..., Config], cancel: bool) -> None:
     # Prepare: a hijacker that has served 3 batches, checkpointed, and a fresh one loaded from it
-    cfg = tiny(**{"malicious.attack": "fsha", "noise.sigma": 0.1, "malicious.cancel-momentum": cancel})
+    cfg = tiny(**{"malicious.attack": "fsha", "noise.sigma": 0.1, "malicious.cancel-momentum": cancel, "malicious.augment": cancel})
     public = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
     shape = build_split_model(cfg.model, (1, 8, 8), 10, (0.5,), (0.3,)).smashed_shape
     z = torch.randn(8, 16, *shape, generator=torch.Generator().manual_seed(0))
 
     def hijacker() -> FeatureSpaceHijack:
-        return FeatureSpaceHijack(cfg, public, 10, shape, torch.device("cpu"))
+        return FeatureSpaceHijack(cfg, public, 10, False, shape, torch.device("cpu"))
 
     original = hijacker()
     for i in range(3):

@@ -41,6 +41,13 @@ class MaliciousConfig:
     beat the mean image on No_defense (0.62-0.85 of its MSE in rounds 4-8, against 1.6-2.9 without);
     on digits it did worse than without (Bottleneck 0.82 against 0.22 after eight rounds), so it
     stays off by default (README, "A malicious server")."""
+    augment: bool = False
+    """``fsha``: train the pilot autoencoder and the critic on the server's public images augmented
+    as the clients augment theirs (``data.augment``: random crop with zero padding, flip for
+    natural images; the server knows the training protocol as it knows the architecture). The
+    clients' smashed data come from augmented images, with black borders the public images lack;
+    without it the critic also tells the two sets apart by those borders and the pilot's decoder
+    never learns to draw them. Off: the attack as published."""
     scored: int = 256
     """``fsha``: smashed rows of each round's last batches the server inverts and scores against
     the clients' images at the round's end (the measurement, not the attack)."""

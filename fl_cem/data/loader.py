@@ -84,7 +84,7 @@ class BatchLoader:
         self.flip = flip
         self.seed = seed
         self.drop_last = drop_last
-        self.padding = max(1, min(data.shape[1:]) // 8)
+        self.padding = augment_padding(data.shape)
         self.epoch = 0
         self._order: Tensor | None = None
 
@@ -141,16 +141,28 @@ class BatchLoader:
         return self._order
 
     def _crop_and_flip(self, images: Tensor, batch_index: int) -> Tensor:
-        """Random crop of the zero-padded batch and optional flip: a row gather, then a column gather."""
-        size, channels, height, width = images.shape
-        pad = self.padding
         generator = rng.generator(self.seed, rng.AUGMENT, self.epoch, batch_index)
-        shift = torch.randint(0, 2 * pad + 1, (2, size), generator=generator).to(self.device)
-        flipped = (torch.rand(size, generator=generator) < 0.5).to(self.device) & self.flip
-        padded = F.pad(images, (pad, pad, pad, pad))
-        rows = shift[0, :, None] + torch.arange(height, device=self.device)  # (B, H)
-        cols = torch.arange(width, device=self.device).expand(size, width)
-        # Output column j of a flipped image reads column width-1-j of its crop window.
-        cols = torch.where(flipped[:, None], width - 1 - cols, cols) + shift[1, :, None]  # (B, W)
-        padded = padded.gather(2, rows[:, None, :, None].expand(size, channels, height, width + 2 * pad))
-        return padded.gather(3, cols[:, None, None, :].expand(size, channels, height, width))
+        return crop_and_flip(images, generator, self.padding, self.flip)
+
+
+def augment_padding(image_shape: tuple[int, ...]) -> int:
+    """Zero padding of the random crop for images ``(C, H, W)``: an eighth of the side, at least 1 (4 for 32x32)."""
+    return max(1, min(image_shape[1:]) // 8)
+
+
+def crop_and_flip(images: Tensor, generator: torch.Generator, padding: int, flip: bool) -> Tensor:
+    """Random crop of the zero-padded batch ``images`` (B, C, H, W) and, when ``flip``, a
+    horizontal flip of about half of them: a row gather, then a column gather. The training
+    batches' augmentation (:class:`BatchLoader`), and a malicious server's copy of it
+    (``fl_cem/federated/hijack.py``). ``generator`` is a CPU generator; it draws the shifts, then the flips."""
+    size, channels, height, width = images.shape
+    device = images.device
+    shift = torch.randint(0, 2 * padding + 1, (2, size), generator=generator).to(device)
+    flipped = (torch.rand(size, generator=generator) < 0.5).to(device) & flip
+    padded = F.pad(images, (padding, padding, padding, padding))
+    rows = shift[0, :, None] + torch.arange(height, device=device)  # (B, H)
+    cols = torch.arange(width, device=device).expand(size, width)
+    # Output column j of a flipped image reads column width-1-j of its crop window.
+    cols = torch.where(flipped[:, None], width - 1 - cols, cols) + shift[1, :, None]  # (B, W)
+    padded = padded.gather(2, rows[:, None, :, None].expand(size, channels, height, width + 2 * padding))
+    return padded.gather(3, cols[:, None, None, :].expand(size, channels, height, width))

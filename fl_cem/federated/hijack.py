@@ -43,6 +43,7 @@ from fl_cem.attacks.metrics import mean_guess_mse, mse
 from fl_cem.attacks.networks import decoding_network, feature_critic
 from fl_cem.config import Config
 from fl_cem.data import BatchLoader
+from fl_cem.data.loader import augment_padding, crop_and_flip
 from fl_cem.models.split import build_split_model
 from fl_cem.training.layout import model_format, place
 from fl_cem.training.server import Source
@@ -72,15 +73,21 @@ class FeatureSpaceHijack:
         The server's public images (N, C, H, W), uint8 or float in [0, 1].
     num_classes : int
         Classes of the task (the model code builds a decoder half, which is dropped).
+    natural : bool
+        Whether the task's images may be flipped (the clients' augmentation, for ``malicious.augment``).
     smashed_shape : tuple[int, int, int]
         ``(c, h, w)`` of what the clients send.
     device : torch.device
         Where the networks train.
     """
 
-    def __init__(self, cfg: Config, public: Tensor, num_classes: int, smashed_shape: tuple[int, int, int], device: torch.device) -> None:
+    def __init__(
+        self, cfg: Config, public: Tensor, num_classes: int, natural: bool, smashed_shape: tuple[int, int, int], device: torch.device
+    ) -> None:
         self.cfg = cfg.malicious
         self.sigma = cfg.noise.sigma
+        self.augment = cfg.malicious.augment and cfg.data.augment
+        self.flip = natural
         self.device = device
         self.seed = cfg.run.seed + SEED_OFFSET
         self.public = as_images(public, device)
@@ -124,6 +131,9 @@ class FeatureSpaceHijack:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.seed * 1_000_003 + self.steps)
             x = self.public[torch.randint(len(self.public), (len(z),), device=self.device)]
+            if self.augment:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
+                x = crop_and_flip(x, generator, augment_padding(tuple(x.shape[1:])), self.flip)
             z_public = self.pilot(x)
             z_public = z_public + self.sigma * torch.randn_like(z_public) if self.sigma > 0 else z_public
             autoencoder = F.mse_loss(self.inverse(z_public), x)

@@ -71,8 +71,8 @@ class SplitServer:
         self.client_norms: dict[int, list[Tensor]] = {}
         self.hijack: FeatureSpaceHijack | None = None
         if cfg.malicious.attack == "fsha":
-            public = load_splits(cfg.data, cfg.run.seed).test.images
-            self.hijack = FeatureSpaceHijack(cfg, public, num_classes, self.smashed_shape, device)
+            splits = load_splits(cfg.data, cfg.run.seed)
+            self.hijack = FeatureSpaceHijack(cfg, splits.test.images, num_classes, splits.natural, self.smashed_shape, device)
 
     def _norm_buffers(self) -> list[Tensor]:
         return [b.clone() for m in self.norms for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
