@@ -16,7 +16,11 @@ the client MNIST's training set and the server its test set.
 
 Clients stepping SGD with momentum sum about ten critics' gradients in their buffers; on CIFAR-10
 that made their features run away from the pilot's, and ``malicious.cancel-momentum`` subtracts
-the part their buffer already holds (:meth:`FeatureSpaceHijack._cancel_momentum`).
+the part their buffer already holds (:meth:`FeatureSpaceHijack._cancel_momentum`). Clients train
+on random crops of zero-padded images; ``malicious.augment`` crops and flips the server's public
+batches the same way, without which the pilot's decoder never learns to draw the black borders
+and the critic tells the two feature sets apart by them (on CIFAR-10 the difference between
+failing and beating the mean image through the sigmoid bottleneck).
 
 The client's protocol is unchanged (smashed data up, a gradient of z's shape down). The
 server still steps its decoder on the hijacked features, so the accuracy it reports stays
