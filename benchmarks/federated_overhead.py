@@ -134,6 +134,8 @@ def main() -> None:
             cfg = Config.from_flat({**BASE, "run.output-dir": tmp, "run.name": f"centralized_{label}"})
             central = statistics.median(e["train_time_s"] for e in train_centralized(cfg, log=lambda _: None)["epochs"])
             figures: dict[str, object] = {"threads": threads, "centralized_epoch_s": central}
+            out[label] = figures
+            atomic_write_bytes(out_path, json.dumps(out, indent=2).encode())
             print(f"{label} ({threads} threads): centralized epoch {central:.2f} s")
             for n in sorted(sizes):
                 runs = [(f"federated_{n}", {})] + ([(f"federated_{n}_also", also)] if also and n in args.clients else [])
@@ -154,15 +156,12 @@ def main() -> None:
                         "peak_rss_mib_all_processes": memory.peak,
                     }
                     figures[name] = row
-                    out[label] = figures
                     atomic_write_bytes(out_path, json.dumps(out, indent=2).encode())
                     print(
                         f"  {name}: epoch {row['epoch_s']:.2f} s (x{row['ratio_to_centralized']:.2f} centralized), "
                         f"{row['messages']:.0f} messages, round trip {row['round_trip_mean_ms']:.0f} ms, "
                         f"server compute {row['server_compute_s']:.2f} s, peak memory {memory.peak:.0f} MiB"
                     )
-            out[label] = figures
-            atomic_write_bytes(out_path, json.dumps(out, indent=2).encode())
     print(f"wrote {out_path}")
 
 

@@ -95,6 +95,7 @@ class FeatureSpaceHijack:
         self.device = device
         self.seed = cfg.run.seed + SEED_OFFSET
         self.public = as_images(public, device)
+        self.padding = augment_padding(tuple(self.public.shape[1:]))
         input_shape: tuple[int, int, int] = tuple(self.public.shape[1:])  # type: ignore[assignment]
         mean = tuple(self.public.mean(dim=(0, 2, 3)).tolist())
         std = tuple(self.public.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
@@ -133,11 +134,11 @@ class FeatureSpaceHijack:
         """
         self._keep(z, source)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.seed * 1_000_003 + self.steps)
+            step_seed = self.seed * 1_000_003 + self.steps
+            torch.manual_seed(step_seed)
             x = self.public[torch.randint(len(self.public), (len(z),), device=self.device)]
             if self.augment:
-                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
-                x = crop_and_flip(x, generator, augment_padding(tuple(x.shape[1:])), self.flip)
+                x = crop_and_flip(x, torch.Generator().manual_seed(step_seed), self.padding, self.flip)
             z_public = self.pilot(x)
             z_public = z_public + self.sigma * torch.randn_like(z_public) if self.sigma > 0 else z_public
             autoencoder = F.mse_loss(self.inverse(z_public), x)
