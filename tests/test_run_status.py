@@ -4,6 +4,7 @@ failure under ``flwr run`` names its cause fast (issue 14)."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -77,6 +78,28 @@ def test_failure_reasons_are_one_line() -> None:
     assert client_cause(report) == "data.root /x does not exist"
 
 
+def test_a_defect_shows_its_own_stack_and_flower_logs_no_other(capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: a defect (not bad input) in the server's code
+    from fl_cem.server_app import RunFailed, fail, hide_run_failed_stack
+
+    try:
+        {}["missing"]
+    except KeyError as err:
+        defect = err
+    # Execute
+    with pytest.raises(RunFailed) as raised:
+        fail("fl-cem: error: KeyError: 'missing'", defect)
+    printed = capsys.readouterr()
+    ended = logging.LogRecord("flwr", logging.ERROR, __file__, 1, "%s raised an exception", ("Simulation",), (RunFailed, raised.value, raised.value.__traceback__))
+    other = logging.LogRecord("flwr", logging.ERROR, __file__, 1, "%s raised an exception", ("Simulation",), (KeyError, defect, defect.__traceback__))
+    # Assert: the defect's own frame is shown, the one line after it; Flower's record of the
+    # RunFailed loses its stack (Flower's frames and fail's), any other exception keeps its own
+    assert '{}["missing"]' in printed.err and printed.out.strip() == "fl-cem: error: KeyError: 'missing'"
+    assert hide_run_failed_stack(ended) and ended.exc_info is None
+    assert hide_run_failed_stack(other) and other.exc_info is not None
+    assert hide_run_failed_stack in logging.getLogger("flwr").filters
+
+
 def test_fl_cem_federated_rejects_a_bad_key_before_starting_flower(capsys: pytest.CaptureFixture[str]) -> None:
     # Execute
     code = main(["federated", "--set", "train.lrr=0.01"])
@@ -102,8 +125,10 @@ def test_flwr_run_names_the_cause_within_a_minute(flower_env: dict[str, str], tm
         cwd=ROOT, env=flower_env, capture_output=True, text=True, timeout=300,
     )
     elapsed = time.monotonic() - tick
-    # Assert: the cause is printed; where a run folder exists it records the failure
+    # Assert: the cause is printed, without a stack (bad input is not a defect); where a run
+    # folder exists it records the failure
     assert cause in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
     assert elapsed < 60, elapsed
     results = out / "federated" / "results.json"
     if "data.root" in overrides:
