@@ -14,7 +14,8 @@ CEM_FEDERATION = ("local", "global")
 @dataclass(frozen=True)
 class CEMConfig:
     lam: float = field(default=0.0, metadata=config_key("lambda"))
-    """Weight of the conditional-entropy loss L_C (paper: 16); 0 turns CEM off at no cost."""
+    """Weight of the conditional-entropy loss L_C; 0 turns CEM off at no cost. The paper's 16 is for
+    ``cem.variant = official``; with ``paper`` use about 0.001-0.01 (README, "CEM")."""
     clusters_per_class: int = 3
     """Gaussian-mixture components per class (paper: k = 3n in total)."""
     covariance: str = "diag"

@@ -36,7 +36,8 @@ class DataConfig:
     source: str = "digits"
     """``digits`` (embedded, offline), ``cifar10``, ``cifar100`` or ``imagefolder``."""
     root: str = ""
-    """CIFAR: folder holding (or receiving) the download; imagefolder: the tree or a .tar.gz."""
+    """CIFAR: folder holding (or receiving) the download (empty: ``$FL_CEM_DATA`` or
+    ``~/.cache/fl-cem/data``); imagefolder: the tree or a .tar.gz."""
     download: bool = True
     """Let torchvision download CIFAR when ``root`` does not hold it."""
     val_fraction: float = 0.1
