@@ -24,6 +24,9 @@ DIGITS = {**TINY, "data.train-subset": 0, "data.test-subset": 0, "federated.roun
 """All of digits (1,294 training images: 40 batches a round for one client, 200 hijack steps in
 all) and the 359 test images as the server's public data; about 30 s for five rounds."""
 
+LR = 0.05
+"""The schedule's rate handed to ``FeatureSpaceHijack.step`` (unused unless ``malicious.follow-rate``)."""
+
 
 @pytest.fixture(scope="module")
 def digits_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
@@ -121,17 +124,37 @@ def test_cancelling_momentum_sends_this_critics_gradient_less_momentum_times_the
 
     # Execute: client 0, client 1, then client 0 again
     sent_to_0 = {k: v.clone() for k, v in cancelling.critic.state_dict().items()}
-    first = cancelling.step(z[0], (0, 1, 0, 0))
-    plain_first = plain.step(z[0], (0, 1, 0, 0))
-    cancelling.step(z[1], (1, 1, 0, 0))
+    first = cancelling.step(z[0], (0, 1, 0, 0), LR)
+    plain_first = plain.step(z[0], (0, 1, 0, 0), LR)
+    cancelling.step(z[1], (1, 1, 0, 0), LR)
     current = {k: v.clone() for k, v in cancelling.critic.state_dict().items()}
-    second = cancelling.step(z[2], (0, 1, 0, 1))
+    second = cancelling.step(z[2], (0, 1, 0, 1), LR)
     # Assert: a client's first batch gets the plain gradient; its next one this critic's less 0.9
     # times the gradient of the critic it was last sent from (not client 1's), both at this batch
     torch.testing.assert_close(first, plain_first, rtol=0, atol=0)
     expected = 0.1 * (critic_gradient(current, z[2]) - 0.9 * critic_gradient(sent_to_0, z[2]))
     torch.testing.assert_close(second, expected)
     assert not torch.allclose(second, 0.1 * critic_gradient(current, z[2]))
+
+
+def test_following_the_rate_divides_the_gradient_by_the_schedules_share_of_train_lr(tiny: Callable[..., Config]) -> None:
+    # Prepare: the same hijacker following the rate and not (train.lr 0.05), one batch each
+    public = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    cfg = tiny(**{"malicious.attack": "fsha", "train.lr": 0.05})
+    shape = build_split_model(cfg.model, (1, 8, 8), 10, (0.5,), (0.3,)).smashed_shape
+    z = torch.randn(16, *shape, generator=torch.Generator().manual_seed(0))
+
+    def sent(follow: bool, lr: float) -> torch.Tensor:
+        hijacker = FeatureSpaceHijack(cfg.replace(**{"malicious.follow-rate": follow}), public, 10, False, shape, torch.device("cpu"))
+        return hijacker.step(z, (0, 1, 0, 0), lr)
+
+    # Execute / Assert: at a quarter of train.lr it sends 4x the gradient; the plain attack the
+    # same whatever the rate; below 1/100 of train.lr the factor stops at 100
+    plain = sent(False, 0.05)
+    torch.testing.assert_close(sent(False, 0.0125), plain, rtol=0, atol=0)
+    torch.testing.assert_close(sent(True, 0.05), plain)
+    torch.testing.assert_close(sent(True, 0.0125), 4 * plain)
+    torch.testing.assert_close(sent(True, 1e-6), 100 * plain)
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -146,7 +169,7 @@ def test_the_pilot_trains_on_public_images_augmented_as_the_clients_augment_thei
     z = torch.rand(2, 32, *shape, generator=torch.Generator().manual_seed(0))
     # Execute
     for i in range(2):
-        hijacker.step(z[i], (0, 1, 0, i))
+        hijacker.step(z[i], (0, 1, 0, i), LR)
     # Assert: augmented, most rows have the crop's zero border (padding 2 at 16x16) and about
     # half are mirrored; otherwise every row is a public image as it is
     images = torch.cat(seen)
@@ -172,13 +195,13 @@ def test_a_restored_hijacker_takes_the_same_next_steps(tiny: Callable[..., Confi
 
     original = hijacker()
     for i in range(3):
-        original.step(z[i], (0, 1, 0, i))
+        original.step(z[i], (0, 1, 0, i), LR)
     restored = hijacker()
     restored.load_state_dict(torch.load(_saved(original.state_dict()), weights_only=True))
     # Execute: both serve the next batches (a round's start, as after a resume)
     original.start_round()
     restored.start_round()
-    sent = [(original.step(z[i], (0, 2, 1, i)), restored.step(z[i], (0, 2, 1, i))) for i in range(3, 8)]
+    sent = [(original.step(z[i], (0, 2, 1, i), LR), restored.step(z[i], (0, 2, 1, i), LR)) for i in range(3, 8)]
     # Assert: the same gradients to the client, the same weights and optimizer moments after
     for a, b in sent:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -187,7 +210,7 @@ def test_a_restored_hijacker_takes_the_same_next_steps(tiny: Callable[..., Confi
             torch.testing.assert_close(value, restored.state_dict()[part][key], rtol=0, atol=0, msg=f"{part}.{key}")
     assert original.state_dict()["steps"] == restored.state_dict()["steps"] == 8
     # a fresh hijacker (nothing restored) would have sent something else
-    assert not torch.equal(hijacker().step(z[3], (0, 2, 1, 3)), sent[0][0])
+    assert not torch.equal(hijacker().step(z[3], (0, 2, 1, 3), LR), sent[0][0])
 
 
 def _saved(state: dict[str, Any]) -> Any:

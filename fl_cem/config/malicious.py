@@ -48,6 +48,14 @@ class MaliciousConfig:
     clients' smashed data come from augmented images, with black borders the public images lack;
     without it the critic also tells the two sets apart by those borders and the pilot's decoder
     never learns to draw them. Off: the attack as published."""
+    follow_rate: bool = False
+    """``fsha``: multiply the gradient sent by ``train.lr`` over the learning rate of the step
+    (the schedule, which the server knows from the training protocol), so the client's step
+    from the hijack keeps its size while its schedule decays (rates below 1/100 of
+    ``train.lr`` count as that). Against CEM's official variant, whose encoder step
+    ``lambda * 0.001 * grad L_C`` does not decay with the rate: at a constant factor the
+    hijack's share of the client's step shrinks round by round (README, "A malicious
+    server"). Off: the attack as published."""
     scored: int = 256
     """``fsha``: smashed rows of each round's last batches the server inverts and scores against
     the clients' images at the round's end (the measurement, not the attack)."""

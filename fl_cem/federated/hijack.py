@@ -59,6 +59,9 @@ batch on the server's critical path, and the authors' MNIST decoder is small too
 SEED_OFFSET = 104_729
 """Added to ``run.seed`` for the attacker's initialisation and batches: its pilot must not start from the client's weights."""
 
+MIN_RATE_SHARE = 0.01
+"""``malicious.follow-rate`` treats rates below this share of ``train.lr`` as this share."""
+
 Replay = Callable[[int, int, int], Tensor]
 """``replay(client, epoch, batch)``: the images (B, C, H, W) in [0, 1] of one served batch, replayed
 from the client's data order (the measurement's ground truth; the attack never sees it)."""
@@ -89,6 +92,7 @@ class FeatureSpaceHijack:
         self, cfg: Config, public: Tensor, num_classes: int, natural: bool, smashed_shape: tuple[int, int, int], device: torch.device
     ) -> None:
         self.cfg = cfg.malicious
+        self.peak_lr = cfg.train.lr
         self.sigma = cfg.noise.sigma
         self.augment = cfg.malicious.augment and cfg.data.augment
         self.flip = natural
@@ -124,11 +128,12 @@ class FeatureSpaceHijack:
         self.sums = dict.fromkeys(self.sums, 0.0)
         self.round_steps = 0
 
-    def step(self, z: Tensor, source: Source) -> Tensor:
+    def step(self, z: Tensor, source: Source, lr: float) -> Tensor:
         """One FSHA step on a served batch ``z``; returns the gradient the client is sent instead of dL/dz.
 
         The client's loss is the critic's mean score of its smashed data, whose gradient points
-        to where the critic scores the pilot's features. All randomness (public batch, pilot
+        to where the critic scores the pilot's features. ``lr`` is the schedule's rate at this
+        step, which ``malicious.follow-rate`` divides the gradient by (:meth:`scale`). All randomness (public batch, pilot
         noise, penalty interpolates) is drawn from a seed of the step's number, so a resumed
         run repeats it and the run's other random streams are left alone.
         """
@@ -160,7 +165,15 @@ class FeatureSpaceHijack:
         self.round_steps += 1
         self.sums["autoencoder_mse"] += autoencoder.item()
         self.sums["critic_distance"] += distance.item()
-        return (self.cfg.gradient_scale * grad).to(z.dtype)
+        return (self.scale(lr) * grad).to(z.dtype)
+
+    def scale(self, lr: float) -> float:
+        """The factor on the critic's gradient: ``malicious.gradient-scale``, with ``follow-rate``
+        times ``train.lr / lr`` (``lr`` at least ``train.lr`` / 100: the warm-up's first steps
+        and the schedule's end would otherwise send gradients without bound)."""
+        if not self.cfg.follow_rate:
+            return self.cfg.gradient_scale
+        return self.cfg.gradient_scale * self.peak_lr / max(lr, self.peak_lr * MIN_RATE_SHARE)
 
     def _cancel_momentum(self, grad: Tensor, private: Tensor, client: int) -> Tensor:
         """``grad - momentum * g'``, ``g'`` the critic of ``client``'s last batch at this batch; records this critic for its next.

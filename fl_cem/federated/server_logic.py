@@ -140,10 +140,11 @@ class SplitServer:
             parts = self.parts_of(client)
             self.served[epoch] = self.served.get(epoch, 0) + 1
             source = (client, round_, epoch, batch)
+            at = Position(epoch, self.served[epoch] - 1, epoch_batches)
             with self.statistics_of(client):
-                grad, metrics = parts.step(zb, yb, Position(epoch, self.served[epoch] - 1, epoch_batches), source)
+                grad, metrics = parts.step(zb, yb, at, source)
             if self.hijack is not None:
-                grad = self.hijack.step(zb, source)
+                grad = self.hijack.step(zb, source, parts.schedule.lr(at))
             grads.append(grad)
             loss += float(metrics["loss"]) * size
             correct += int(metrics["correct"])
