@@ -133,9 +133,10 @@ class FeatureSpaceHijack:
 
         The client's loss is the critic's mean score of its smashed data, whose gradient points
         to where the critic scores the pilot's features. ``lr`` is the schedule's rate at this
-        step, which ``malicious.follow-rate`` divides the gradient by (:meth:`scale`). All randomness (public batch, pilot
-        noise, penalty interpolates) is drawn from a seed of the step's number, so a resumed
-        run repeats it and the run's other random streams are left alone.
+        step, which ``malicious.follow-rate`` divides the gradient by (:meth:`scale`). All
+        randomness (public batch, pilot noise, penalty interpolates) is drawn from a seed of the
+        step's number, so a resumed run repeats it and the run's other random streams are left
+        alone.
         """
         self._keep(z, source)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
