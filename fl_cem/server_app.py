@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
@@ -21,6 +22,7 @@ from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from fl_cem.config import Config
 from fl_cem.data.sources import check_source
 from fl_cem.federated.exchange import ClientFailed, TooFewClients
+from fl_cem.federated.launch import RAY_GPU_TIP
 from fl_cem.federated.server_loop import FederatedRun
 from fl_cem.reporting.run_dir import RunDir, RunFolderTaken, failure_reason
 
@@ -58,6 +60,10 @@ def hide_run_failed_stack(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("flwr").addFilter(hide_run_failed_stack)
+# Under `flwr run` this module is loaded in Flower's simulation process while Ray starts there
+# (before its `ray.init`, as Flower loads the ServerApp first): Ray's tip names a setting
+# fl-cem must not use (RAY_GPU_TIP), which a newcomer would read as something to do.
+warnings.filterwarnings("ignore", RAY_GPU_TIP, FutureWarning)
 
 
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
