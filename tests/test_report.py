@@ -220,6 +220,27 @@ def test_report_of_plain_run_folders_puts_centralized_and_federated_side_by_side
     assert report["fig3_fits"] == {}
 
 
+def test_fig3_fits_each_lambda_of_a_noise_sweep_apart_and_reads_theorem_1s_rate_off_the_bound(tmp_path: Path) -> None:
+    # Prepare: the paper's Fig. 3 sweep, sigma varied at lambda 16 (three runs: a fit) and at
+    # lambda 0 (two runs: no fit); bound estimates exactly exp(2 H / d_x) of CIFAR's d_x = 3,072,
+    # measured MSEs a third of them with twice the slope
+    d_x = 3 * 32 * 32
+    for lam, entropies in ((16.0, (-900.0, -600.0, -300.0)), (0.0, (-1400.0, -1000.0))):
+        for sigma, hxz in zip((0.01, 0.1, 0.3), entropies):
+            config = {"defense.name": "bottleneck", "cem.lambda": lam, "noise.sigma": sigma, "run.seed": 0}
+            cem = {"hxz_relative": hxz, "mse_lower_bound": 0.06 * math.exp(2 * hxz / d_x)}
+            write_run(tmp_path / f"s{sigma:g}_l{lam:g}", "centralized", config, {"test_accuracy": 0.8, "cem": cem}, 0.02 * math.exp(4 * hxz / d_x))
+
+    # Execute
+    report = write_report(tmp_path)
+
+    # Assert: one fit, of the lambda-16 series, whose measured rate is twice the theorem's
+    assert list(report["fig3_fits"]) == ["centralized, λ=16"]
+    fit = report["fig3_fits"]["centralized, λ=16"]
+    assert fit["theorem_rate"] == pytest.approx(2 / d_x) and fit["rate"] == pytest.approx(4 / d_x) and fit["n"] == 3
+    assert "measured/theorem 2.00" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_report_states_the_sweeps_compute_in_hours(tmp_path: Path) -> None:
     # Prepare: two runs of 1,800 s and 900 s of training, each with one attack of 1 s
     for name, train_s in (("a", 1800.0), ("b", 900.0)):

@@ -1,7 +1,7 @@
 """The paper's figures for a sweep, as PNG files (matplotlib, no display needed).
 
-- Fig. 3: attack MSE against H(x|z) per run, with the exponential fit of Theorem 1 and its
-  correlation (:mod:`fl_cem.reporting.fit`);
+- Fig. 3: attack MSE against H(x|z) per run, one series per execution and lambda, with the
+  exponential fit and its correlation (:mod:`fl_cem.reporting.fit`) beside Theorem 1's rate;
 - Fig. 4a/4b: accuracy against attack MSE, one curve per method and CEM setting through the
   values of ``noise.sigma`` (4a), and one per method through the values of ``cem.lambda`` (4b);
 - Fig. 5: the attacks' reconstruction grids per defense, without and with CEM, side by side.
@@ -13,6 +13,7 @@ backend is involved and the functions are safe to call from tests and sweeps.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,40 +37,64 @@ def mse_column(columns: Sequence[str]) -> str | None:
     return PREFERRED_MSE if PREFERRED_MSE in mses else (mses[0] if mses else None)
 
 
-def plot_mse_vs_entropy(records: Sequence[RunRecord], column: str, path: Path) -> dict[str, ExpFit]:
-    """Fig. 3: one point per finished run, one exponential fit per execution; returns the fits.
+@dataclass(frozen=True)
+class EntropyFit:
+    """One Fig. 3 series: the fit of the measured MSEs, and the rate Theorem 1 predicts."""
 
-    Runs whose H(x|z) is not finite (``noise.sigma = 0`` makes ``L_C`` infinite) or whose MSE is
-    missing are left out. An execution with fewer than three distinct entropies gets no fit (a
-    line through two points says nothing about the relation).
+    measured: ExpFit
+    theorem_rate: float | None
+    """``2 / d_x``, read off the runs' bound estimates (``None`` without two of them)."""
+
+
+def plot_mse_vs_entropy(records: Sequence[RunRecord], column: str, path: Path) -> dict[str, EntropyFit]:
+    """Fig. 3: one point per finished run, one exponential fit per series; returns the fits.
+
+    A series is one execution at one ``cem.lambda``: the paper's Fig. 3 fixes lambda = 16 and
+    varies the noise, and pooling lambdas would mix two ways of moving H(x|z). Each series also
+    draws Theorem 1's bound estimate of its runs (dotted), whose slope is the theorem's rate
+    ``2 / d_x``, so the measured slope can be read against it. Runs whose H(x|z) is not finite
+    (``noise.sigma = 0`` makes ``L_C`` infinite) or whose MSE is missing are left out. A series
+    with fewer than three distinct entropies gets no fit (a line through two points says nothing
+    about the relation).
     """
-    fig = Figure(figsize=(6, 4.5))
+    fig = Figure(figsize=(6.4, 4.8))
     ax = fig.add_subplot()
-    fits: dict[str, ExpFit] = {}
-    executions = list(dict.fromkeys(r.execution for r in records))
-    for index, execution in enumerate(executions):
-        points = [
-            (r.values["hxz_relative"], r.values[column])
-            for r in records
-            if r.execution == execution and r.status == "done" and math.isfinite(r.values.get("hxz_relative", math.nan)) and r.values.get(column, 0) > 0
-        ]
-        if not points:
-            continue
-        xs, ys = (np.array(v) for v in zip(*points))
+    fits: dict[str, EntropyFit] = {}
+    for index, (name, series) in enumerate(_entropy_series(records, column).items()):
+        xs, ys = (np.array([point[i] for point in series]) for i in (0, 1))
         color = f"C{index}"
-        ax.scatter(xs, ys, color=color, label=f"{execution} (n={len(xs)})")
-        if len(set(xs.tolist())) >= MIN_FIT_POINTS:
-            fit = exponential_fit(xs, ys)
-            fits[execution] = fit
-            grid = np.linspace(xs.min(), xs.max(), 100)
-            ax.plot(grid, fit(grid), color=color, linestyle="--", label=f"fit: rate {fit.rate:.3g}/nat, r(H, log MSE) = {fit.r_log:.2f}")
+        ax.scatter(xs, ys, color=color, label=f"{name} (n={len(xs)})")
+        if len(set(xs.tolist())) < MIN_FIT_POINTS:
+            continue
+        grid = np.linspace(xs.min(), xs.max(), 100)
+        bounds = [(x, b) for x, _, b in series if b is not None and b > 0]
+        theorem_rate = exponential_fit(*zip(*bounds)).rate if len({x for x, _ in bounds}) >= 2 else None
+        fits[name] = EntropyFit(exponential_fit(xs, ys), theorem_rate)
+        ax.plot(grid, fits[name].measured(grid), color=color, linestyle="--", label=f"fit: rate {fits[name].measured.rate:.3g}/nat, r(H, log MSE) = {fits[name].measured.r_log:.2f}")
+        if bounds:
+            bx, by = (np.array(v) for v in zip(*sorted(bounds)))
+            ax.plot(bx, by, color=color, linestyle=":", label=f"Theorem 1 estimate: rate 2/d_x = {theorem_rate:.3g}/nat" if theorem_rate else "Theorem 1 estimate")
     ax.set_yscale("log")
     ax.set_xlabel("relative H(x|z) = -L_C (nats, Eq. 3)")
     ax.set_ylabel(f"{_pretty(column)}")
     ax.set_title("Reconstruction MSE vs conditional entropy (Fig. 3)")
-    ax.legend(fontsize=7)
+    if fits or ax.collections:
+        ax.legend(fontsize=7)
     _save(fig, path)
     return fits
+
+
+def _entropy_series(records: Sequence[RunRecord], column: str) -> dict[str, list[tuple[float, float, float | None]]]:
+    """``(H(x|z), MSE, bound estimate)`` of every plottable run, keyed by execution and lambda."""
+    series: dict[str, list[tuple[float, float, float | None]]] = {}
+    for record in records:
+        hxz, mse = record.values.get("hxz_relative", math.nan), record.values.get(column, 0.0)
+        if record.status != "done" or not math.isfinite(hxz) or not mse > 0:
+            continue
+        lam = float(record.config.get(CEM_KEY, 0.0))
+        name = f"{record.execution}, " + (f"λ={lam:g}" if lam else "no CEM")
+        series.setdefault(name, []).append((hxz, mse, record.values.get("mse_lower_bound")))
+    return series
 
 
 def plot_accuracy_vs_mse(table: Table, column: str, folder: Path) -> list[Path]:
@@ -200,9 +225,16 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def figure_summary(fits: dict[str, ExpFit]) -> dict[str, Any]:
+def figure_summary(fits: dict[str, EntropyFit]) -> dict[str, Any]:
     """The Fig. 3 fits as JSON-ready numbers."""
     return {
-        execution: {"log_scale": fit.log_scale, "rate": fit.rate, "r_log": fit.r_log, "r_linear": fit.r_linear, "n": fit.n}
-        for execution, fit in fits.items()
+        name: {
+            "log_scale": fit.measured.log_scale,
+            "rate": fit.measured.rate,
+            "r_log": fit.measured.r_log,
+            "r_linear": fit.measured.r_linear,
+            "n": fit.measured.n,
+            "theorem_rate": fit.theorem_rate,
+        }
+        for name, fit in fits.items()
     }

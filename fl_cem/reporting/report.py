@@ -23,8 +23,7 @@ from typing import Any, Sequence
 
 from fl_cem.reporting.board import write_hparams
 from fl_cem.reporting.collect import RunRecord, load_records
-from fl_cem.reporting.figures import figure_summary, mse_column, plot_accuracy_vs_mse, plot_mse_vs_entropy, plot_reconstructions
-from fl_cem.reporting.fit import ExpFit
+from fl_cem.reporting.figures import EntropyFit, figure_summary, mse_column, plot_accuracy_vs_mse, plot_mse_vs_entropy, plot_reconstructions
 from fl_cem.reporting.table import Average, Row, Table, build_table, ratio_pair
 
 HEADERS = {
@@ -74,7 +73,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> dict[str,
     table = build_table(records)
     column = mse_column(table.columns)
     figures: list[Path] = []
-    fits: dict[str, ExpFit] = {}
+    fits: dict[str, EntropyFit] = {}
     if column is not None and table.rows:
         fits = plot_mse_vs_entropy(records, column, out / "fig3_mse_vs_entropy.png")
         figures.append(out / "fig3_mse_vs_entropy.png")
@@ -122,7 +121,7 @@ def provenance(records: Sequence[RunRecord]) -> dict[str, list[str]]:
 
 
 # ----------------------------------------------------------------------------- markdown
-def markdown(name: str, table: Table, records: Sequence[RunRecord], fits: dict[str, ExpFit], column: str | None, figures: Sequence[Path]) -> str:
+def markdown(name: str, table: Table, records: Sequence[RunRecord], fits: dict[str, EntropyFit], column: str | None, figures: Sequence[Path]) -> str:
     """The whole report.md."""
     counts = {status: sum(r.status == status for r in records) for status in ("done", "failed", "running", "pending")}
     lines = [f"# Sweep report: {name}", "", f"{len(records)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".", ""]
@@ -152,11 +151,7 @@ def markdown(name: str, table: Table, records: Sequence[RunRecord], fits: dict[s
         lines += ["## CEM gain", "", *gains, ""]
     if fits:
         lines += [f"## MSE vs H(x|z) (Fig. 3, {column})", ""]
-        lines += [
-            f"- {execution}: MSE ≈ exp({fit.log_scale:.3g} + {fit.rate:.3g} H), r(H, log MSE) = {fit.r_log:.3f}, "
-            f"r(H, MSE) = {fit.r_linear:.3f}, n = {fit.n}"
-            for execution, fit in fits.items()
-        ]
+        lines += [_fit_line(name, fit) for name, fit in fits.items()]
         lines.append("")
     violations = _violation_lines(records)
     if violations:
@@ -219,14 +214,21 @@ def _comparison(table: Table) -> list[str]:
     return lines
 
 
+def _fit_line(name: str, fit: EntropyFit) -> str:
+    """The measured exponential beside the rate Theorem 1 gives it (``2 / d_x``)."""
+    m = fit.measured
+    theorem = f"; Theorem 1's rate 2/d_x = {fit.theorem_rate:.3g}, measured/theorem {m.rate / fit.theorem_rate:.2f}" if fit.theorem_rate else ""
+    return f"- {name}: MSE ≈ exp({m.log_scale:.3g} + {m.rate:.3g} H), r(H, log MSE) = {m.r_log:.3f}, r(H, MSE) = {m.r_linear:.3f}, n = {m.n}{theorem}"
+
+
 def _gain_line(avg: Average) -> str:
     where = ", ".join([avg.execution, *(f"{k}={v}" for k, v in avg.other.items()), avg.cem])
     accuracy = avg.gain.get("accuracy", math.nan)
-    return (
-        f"- {where}: reconstruction MSE {avg.gain_train_mse:+.1%} on training data, {avg.gain_infer_mse:+.1%} on inference data "
-        f"(mean over attacks of the relative gain of the averages), accuracy {100 * accuracy:+.2f} points, "
-        f"over {len(avg.methods)} methods ({', '.join(avg.methods)})"
-    )
+    # a mode no attack ran in (or whose attacks all failed) has no gain: say nothing rather than "nan"
+    modes = [f"{gain:+.1%} on {data} data" for gain, data in ((avg.gain_train_mse, "training"), (avg.gain_infer_mse, "inference")) if not math.isnan(gain)]
+    mse = f"reconstruction MSE {', '.join(modes)} (mean over attacks of the relative gain of the averages)" if modes else "no attack succeeded on both rows"
+    methods = f"{len(avg.methods)} method{'s' if len(avg.methods) != 1 else ''}"
+    return f"- {where}: {mse}, accuracy {100 * accuracy:+.2f} points, over {methods} ({', '.join(avg.methods)})"
 
 
 def _violation_lines(records: Sequence[RunRecord]) -> list[str]:
