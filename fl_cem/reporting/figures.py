@@ -69,8 +69,8 @@ def plot_mse_vs_entropy(records: Sequence[RunRecord], column: str, path: Path) -
         grid = np.linspace(xs.min(), xs.max(), 100)
         bounds = [(x, b) for x, _, b in series if b is not None and b > 0]
         theorem_rate = exponential_fit(*zip(*bounds)).rate if len({x for x, _ in bounds}) >= 2 else None
-        fits[name] = EntropyFit(exponential_fit(xs, ys), theorem_rate)
-        ax.plot(grid, fits[name].measured(grid), color=color, linestyle="--", label=f"fit: rate {fits[name].measured.rate:.3g}/nat, r(H, log MSE) = {fits[name].measured.r_log:.2f}")
+        fit = fits[name] = EntropyFit(exponential_fit(xs, ys), theorem_rate)
+        ax.plot(grid, fit.measured(grid), color=color, linestyle="--", label=f"fit: rate {fit.measured.rate:.3g}/nat, r(H, log MSE) = {fit.measured.r_log:.2f}")
         if bounds:
             bx, by = (np.array(v) for v in zip(*sorted(bounds)))
             ax.plot(bx, by, color=color, linestyle=":", label=f"Theorem 1 estimate: rate 2/d_x = {theorem_rate:.3g}/nat" if theorem_rate else "Theorem 1 estimate")
