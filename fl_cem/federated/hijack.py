@@ -99,8 +99,8 @@ class FeatureSpaceHijack:
         self.device = device
         self.seed = cfg.run.seed + SEED_OFFSET
         self.public = as_images(public, device)
-        self.padding = augment_padding(tuple(self.public.shape[1:]))
         input_shape: tuple[int, int, int] = tuple(self.public.shape[1:])  # type: ignore[assignment]
+        self.padding = augment_padding(input_shape)
         mean = tuple(self.public.mean(dim=(0, 2, 3)).tolist())
         std = tuple(self.public.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
         with torch.random.fork_rng():
