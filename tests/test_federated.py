@@ -15,6 +15,7 @@ from fl_cem.cem import ConditionalEntropy, MixtureStats
 from fl_cem.config import Config
 from fl_cem.federated.client_logic import SplitClient
 from fl_cem.federated.server_loop import FederatedRun
+from fl_cem.federated.waves import Waves
 from fl_cem.federated.wire import from_bytes
 from fl_cem.reporting.run_dir import RunDir
 from fl_cem.training.centralized import train_centralized
@@ -175,30 +176,63 @@ def test_killed_run_resumes_to_the_same_result(tiny: Callable[..., Config]) -> N
     assert ra["test_accuracy_mean"] == rb["test_accuracy_mean"]
 
 
-def test_lockstep_serves_each_chunk_in_partition_order_as_soon_as_it_may() -> None:
-    # Prepare: three nodes with random ids, each sending 4 chunks; chunks arrive in a random order
-    run = FederatedRun.__new__(FederatedRun)
-    run.cfg = Config.from_flat({"federated.order": "lockstep"})
-    run.nodes = {30: {"partition_id": 0}, 10: {"partition_id": 1}, 20: {"partition_id": 2}}
-    left = {node: 4 for node in run.nodes}
-    in_flight = list(run.nodes)
-    active, waiting, wave, served = set(run.nodes), {}, [], []
+def _waves(**keys: object) -> Waves[str]:
+    """Serving order over three nodes with random ids (partitions 0, 1, 2); a reply ``"<rows> of <node>"``."""
+    partitions = {30: 0, 10: 1, 20: 2}
+    return Waves(Config.from_flat(keys).federated, partitions.__getitem__, lambda reply: int(reply.split()[0]))
+
+
+def _serve_in_random_arrival_order(waves: Waves[str], chunks: int, rows: dict[int, int]) -> list[list[int]]:
+    """Every node sends ``chunks`` replies of ``rows[node]`` images, one after another, arriving in
+    a random order; returns the groups served, as node lists."""
+    left = {node: chunks for node in rows}
+    in_flight, active, waiting, served = list(rows), set(rows), {}, []
     rng = random.Random(0)
-    # Execute: one arrival at a time; a served node sends its next chunk
     while in_flight:
         node = in_flight.pop(rng.randrange(len(in_flight)))
-        waiting[node] = f"chunk {5 - left[node]} of {node}"
-        for message in run.servable(waiting, active, wave):
-            served_node = int(message.split()[-1])
-            served.append(served_node)
-            left[served_node] -= 1
-            if left[served_node]:
-                in_flight.append(served_node)
-            else:
-                active.discard(served_node)
-    # Assert: waves in partition order, the first client served before the others arrive
-    assert served == [30, 10, 20] * 4
-    assert run.servable({30: "next of 30"}, {30, 10, 20}, []) == ["next of 30"]
+        waiting[node] = f"{rows[node]} of {node}"
+        for group in waves.release(waiting, active):
+            served.append([int(reply.split()[-1]) for reply in group])
+            for served_node in served[-1]:
+                left[served_node] -= 1
+                if left[served_node]:
+                    in_flight.append(served_node)
+                else:
+                    active.discard(served_node)
+    return served
+
+
+def test_lockstep_serves_each_chunk_in_partition_order_as_soon_as_it_may() -> None:
+    # Execute: three nodes, four chunks each
+    waves = _waves(**{"federated.order": "lockstep"})
+    served = _serve_in_random_arrival_order(waves, 4, {30: 16, 10: 16, 20: 16})
+    # Assert: waves in partition order, each chunk alone, the first client served before the others arrive
+    assert served == [[30], [10], [20]] * 4
+    assert _waves().release({30: "16 of 30"}, {30, 10, 20}) == [["16 of 30"]]
+
+
+def test_server_mix_serves_each_wave_whole() -> None:
+    served = _serve_in_random_arrival_order(_waves(**{"federated.server-mix": True}), 3, {30: 16, 10: 16, 20: 16})
+    assert served == [[30, 10, 20]] * 3
+
+
+def test_server_batch_alone_joins_consecutive_chunks_until_they_hold_enough_images() -> None:
+    # Prepare: chunks of 16, 40 and 16 images; the server steps on at least 50 at once
+    waves = _waves(**{"federated.server-batch": 50})
+    # Execute
+    served = _serve_in_random_arrival_order(waves, 3, {30: 16, 10: 40, 20: 16})
+    # Assert: partitions 0 and 1 together (56 images), partition 2 alone at the wave's end
+    assert served == [[30, 10], [20]] * 3
+    # the first group is released as soon as it is whole, before the wave's last chunk is in
+    waves = _waves(**{"federated.server-batch": 50})
+    assert waves.release({30: "16 of 30", 10: "40 of 10"}, {30, 10, 20}) == [["16 of 30", "40 of 10"]]
+
+
+def test_a_node_that_left_ends_the_wave_and_releases_the_group_before_it() -> None:
+    waves = _waves(**{"federated.server-batch": 50})
+    assert waves.release({30: "16 of 30"}, {30, 10, 20}) == []
+    # partitions 1 and 2 timed out or failed: the wave ends with partition 0's chunk
+    assert waves.release({}, {30}) == [["16 of 30"]]
 
 
 def test_global_cem_refits_at_the_epochs_centralized_training_refits(tiny: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:

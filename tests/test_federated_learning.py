@@ -176,11 +176,54 @@ def test_server_batch_recuts_the_wave_into_fewer_larger_steps_and_keeps_each_cli
             assert torch.allclose(grads[chunk.client][row], 2 * match)
 
 
-def test_server_batch_needs_server_mix() -> None:
-    with pytest.raises(ValueError, match="federated.server-batch"):
-        Config.from_flat({"federated.server-batch": 128})
-    with pytest.raises(ValueError, match="federated.server-batch"):
-        Config.from_flat({"federated.server-mix": True, "federated.server-batch": -1})
+def test_server_batch_needs_a_shared_decoder_in_lockstep() -> None:
+    with pytest.raises(ValueError, match="federated.server-batch must be >= 0"):
+        Config.from_flat({"federated.server-batch": -1})
+    with pytest.raises(ValueError, match="federated.server-batch pools"):
+        Config.from_flat({"federated.server-batch": 128, "federated.variant": "splitfed-v1"})
+    with pytest.raises(ValueError, match="federated.server-batch pools"):
+        Config.from_flat({"federated.server-batch": 128, "federated.order": "arrival"})
+    with pytest.raises(ValueError, match="federated.server-batch with malicious.attack"):
+        Config.from_flat({"federated.server-batch": 128, "malicious.attack": "fsha"})
+
+
+def test_server_batch_alone_steps_on_the_group_in_order_and_keeps_each_clients_gradient_scale() -> None:
+    # Prepare: three clients' batches of 16, 16 and 24 images, joined in order into one group
+    cfg = Config.from_flat({"federated.server-batch": 50, "run.device": "cpu"})
+    server = SplitServer(cfg, (1, 8, 8), 10, torch.device("cpu"))
+    wave = [Chunk(c, torch.randn(size, 8, 2, 2), torch.full((size,), c), [size], [3], [c]) for c, size in enumerate((16, 16, 24))]
+    served = []
+    step = server.shared.step
+
+    def spy(z: torch.Tensor, y: torch.Tensor, at: Position, source: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        grad, metrics = step(z, y, at, source)
+        served.append((z.detach().clone(), at, grad.clone()))
+        return grad, metrics
+
+    server.shared.step = spy  # type: ignore[method-assign]
+    # Execute
+    grads, metrics = server.serve_wave(wave, 1, 80)
+    # Assert: one step on all 56 images in the order sent, at the third client batch's position
+    assert len(served) == 1 and torch.equal(served[0][0], torch.cat([c.z for c in wave])) and served[0][1] == Position(3, 2, 80)
+    # each client's rows come back scaled from the mean over 56 to the mean over its own batch
+    offset = 0
+    for chunk in wave:
+        part = served[0][2][offset : offset + len(chunk.z)]
+        assert torch.allclose(grads[chunk.client], part * 56 / len(chunk.z))
+        offset += len(chunk.z)
+    assert metrics["count"] == 56
+
+
+def test_server_batch_no_larger_than_a_client_batch_is_exact_splitfed(tiny: Callable[..., Config]) -> None:
+    # Prepare: four clients of 67-68 images in batches of 24, 24 and 19-20; a server that
+    # joins batches until they hold 16 images steps on each client batch alone
+    common = {"train.batch-size": 24, "federated.rounds": 1, "federated.local-epochs": 2}
+    exact = run_reference(tiny(**common), 4, log=lambda _: None)["rounds"][-1]
+    alone = run_reference(tiny(**common, **{"federated.server-batch": 16}), 4, log=lambda _: None)["rounds"][-1]
+    joined = run_reference(tiny(**common, **{"federated.server-batch": 40}), 4, log=lambda _: None)["rounds"][-1]
+    # Assert: the same run, to the bit; joining the short batches (40) is another run
+    assert alone["train_loss"] == exact["train_loss"] and alone["test"] == exact["test"]
+    assert joined["train_loss"] != exact["train_loss"]
 
 
 def test_server_mix_needs_splitfed_v2_in_lockstep() -> None:
@@ -227,13 +270,15 @@ FLOWER_VS_REFERENCE_TOLERANCE = 0.02
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("variant", "sync", "scale", "mix"),
-    [("splitfed-v2", "epoch", 1.0, False), ("splitfed-v1", "3", 1.0, False), ("vanilla", "round", 1.0, False), ("splitfed-v2", "1", 2.0, False), ("splitfed-v2", "epoch", 1.0, True)],
+    ("variant", "sync", "scale", "mix", "server_batch"),
+    [("splitfed-v2", "epoch", 1.0, False, 0), ("splitfed-v1", "3", 1.0, False, 0), ("vanilla", "round", 1.0, False, 0), ("splitfed-v2", "1", 2.0, False, 0),
+     ("splitfed-v2", "epoch", 1.0, True, 0), ("splitfed-v2", "epoch", 1.0, False, 48)],
 )
-def test_flower_path_computes_the_reference_protocol(tiny: Callable[..., Config], variant: str, sync: str, scale: float, mix: bool) -> None:
+def test_flower_path_computes_the_reference_protocol(tiny: Callable[..., Config], variant: str, sync: str, scale: float, mix: bool, server_batch: int) -> None:
     # Prepare: 150 samples per client in batches of 32 = 5 batches a local epoch, 2 local epochs
-    cfg = tiny(**{"run.name": f"ref-{variant}-{sync}-{mix}", "partition.num-partitions": 2, "federated.rounds": 2, "federated.local-epochs": 2,
-                  "federated.variant": variant, "federated.sync-every": sync, "federated.encoder-lr-scale": scale, "federated.server-mix": mix})
+    cfg = tiny(**{"run.name": f"ref-{variant}-{sync}-{mix}-{server_batch}", "partition.num-partitions": 2, "federated.rounds": 2, "federated.local-epochs": 2,
+                  "federated.variant": variant, "federated.sync-every": sync, "federated.encoder-lr-scale": scale, "federated.server-mix": mix,
+                  "federated.server-batch": server_batch})
     # Execute
     simulate(cfg, num_clients=2)
     reference = run_reference(cfg, 2, log=lambda _: None)

@@ -60,14 +60,16 @@ class FederatedConfig:
     holds every client's classes (docs/FEDERATED.md). A client's gradient comes back only once
     the whole wave is in."""
     server_batch: int = 0
-    """With ``server-mix``: the most images the decoder steps on at once. 0 steps on as many
-    batches as the wave brought (one per client batch, so at N = 1,000 with 50 images a client,
-    1,000 steps of 50 an epoch). A positive value re-cuts the pooled wave into steps of at most
-    this many images, as SplitFed V1's server does in effect (its per-client decoder copies,
-    stepped from the same weights and averaged, make one step on the mean gradient of their
-    batches): fewer, larger decoder steps, as centralized training takes. Each client still gets
-    the gradient of the mean loss over its own batch, whatever the size of the step its
-    samples were in."""
+    """Fewer, larger decoder steps (SplitFed V2 in lockstep; 0: one step per client batch, so at
+    N = 1,000 with 50 images a client, 1,000 steps of 50 an epoch). With ``server-mix``: the
+    pooled wave is re-cut into steps of at most this many images, as SplitFed V1's server does
+    in effect (its per-client decoder copies, stepped from the same weights and averaged, make
+    one step on the mean gradient of their batches). Without: the server joins consecutive
+    client batches of a wave, in partition order, until they hold at least this many images and
+    steps on them together, so clients whose batches are served compute on while the rest of
+    the wave comes in (a batch this large or larger is its own step, and exact). Either way each
+    client gets the gradient of the mean loss over its own batch, whatever the size of the step
+    its samples were in."""
     client_batch: str = "fixed"
     """A client's training batch: ``fixed``, ``train.batch-size`` for every client (the authors'
     protocol); or ``proportional``, its partition size over a number of batches per epoch that
@@ -88,6 +90,11 @@ class FederatedConfig:
     order: str = "lockstep"
     """``lockstep``: serve each step's replies in partition order (reproducible, resume-exact);
     ``arrival``: serve each reply the moment it arrives (order, and so results, vary by timing)."""
+
+    @property
+    def pools(self) -> bool:
+        """Whether the server steps its decoder on more than one client batch at a time."""
+        return self.server_mix or self.server_batch > 0
 
     @property
     def averages_encoders(self) -> bool:
@@ -112,12 +119,13 @@ class FederatedConfig:
         positive("federated.encoder-lr-scale", self.encoder_lr_scale)
         one_of("federated.client-batch", self.client_batch, CLIENT_BATCHES)
         positive("federated.chunk", self.chunk)
-        if self.server_mix and (self.variant != "splitfed-v2" or self.order != "lockstep"):
+        if self.server_batch < 0:
+            raise ValueError(f"federated.server-batch must be >= 0 (0: one decoder step per client batch); got {self.server_batch}")
+        if self.pools and (self.variant != "splitfed-v2" or self.order != "lockstep"):
+            key = "server-mix" if self.server_mix else "server-batch"
             raise ValueError(
-                f"federated.server-mix pools a lockstep wave into one shared decoder: it needs variant 'splitfed-v2' and order 'lockstep'; got {self.variant!r}, {self.order!r}"
+                f"federated.{key} pools a lockstep wave into one shared decoder: it needs variant 'splitfed-v2' and order 'lockstep'; got {self.variant!r}, {self.order!r}"
             )
-        if self.server_batch < 0 or (self.server_batch and not self.server_mix):
-            raise ValueError(f"federated.server-batch re-cuts a pooled wave: it needs federated.server-mix = true and a value >= 0 (0: one step per client batch); got {self.server_batch}")
         if self.max_in_flight < 0:
             raise ValueError(f"federated.max-in-flight must be >= 0 (0: no limit); got {self.max_in_flight}")
         positive("federated.client-timeout", self.client_timeout)

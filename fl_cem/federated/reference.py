@@ -59,7 +59,7 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
             if synced and not active:
                 _average(clients, synced, server)
                 active, synced = synced, []
-            wave: list[Chunk] = []
+            group: list[Chunk] = []  # batches the server pools into its next steps (fl_cem.federated.waves)
             for pid in list(active):
                 client = clients[pid]
                 if pid in grads:
@@ -70,14 +70,19 @@ def run_reference(cfg: Config, num_clients: int, log: Callable[[str], None] = pr
                         synced.append(pid)
                     continue
                 z, y, epochs, sizes, batches = client.next_chunk(fed.chunk)
-                if fed.server_mix:
-                    wave.append(Chunk(pid, z, y, sizes, epochs, batches))
-                    continue
-                grads[pid], served = server.serve(z, y, sizes, epochs, pid, server_round, batches, epoch_batches)
+                if fed.pools:
+                    group.append(Chunk(pid, z, y, sizes, epochs, batches))
+                    if fed.server_mix or sum(sum(c.sizes) for c in group) < fed.server_batch:
+                        continue
+                    pooled, served = server.serve_wave(group, server_round, epoch_batches)
+                    grads.update(pooled)
+                    group = []
+                else:
+                    grads[pid], served = server.serve(z, y, sizes, epochs, pid, server_round, batches, epoch_batches)
                 loss, correct, count = loss + served["loss_sum"], correct + served["correct"], count + served["count"]
-            if wave:
-                mixed, served = server.serve_wave(wave, server_round, epoch_batches)
-                grads.update(mixed)
+            if group:
+                pooled, served = server.serve_wave(group, server_round, epoch_batches)
+                grads.update(pooled)
                 loss, correct, count = loss + served["loss_sum"], correct + served["correct"], count + served["count"]
         client_metrics = _client_means(clients)
         hijack = server.hijack.score(replay_from({c.partition_id: c.loader for c in clients})) if server.hijack is not None else {}

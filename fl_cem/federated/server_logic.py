@@ -151,7 +151,8 @@ class SplitServer:
         return torch.cat(grads), {"loss_sum": loss, "correct": float(correct), "count": float(offset)}
 
     def serve_wave(self, wave: list[Chunk], round_: int, epoch_batches: int) -> tuple[dict[int, Tensor], dict[str, float]]:
-        """``federated.server-mix``: serve one lockstep wave's batches, pooled and re-cut.
+        """``federated.server-mix``: serve one lockstep wave's batches, pooled and re-cut; with
+        ``server-batch`` alone, a group of a wave's consecutive batches (:mod:`~fl_cem.federated.waves`).
 
         Under label skew every client batch holds a few classes, and a decoder stepping on one
         client's batch after another is pulled from class to class: centrally, one model fed
@@ -163,7 +164,10 @@ class SplitServer:
         ``federated.server-batch`` it steps on pieces of at most that many images instead, and
         scales each sample's gradient from the mean over its piece to the mean over its client's
         batch, so a client's step does not depend on how the server cut the wave. The warm-up
-        advances by the client batches a step completes. SplitFed V2 only: one shared decoder.
+        advances by the client batches a step completes. Without ``server-mix`` the group keeps
+        its order and is cut into steps of at least ``server-batch`` images: a client batch of
+        that size sent alone (``chunk = 1``) is a step of its own, exactly as :meth:`serve` takes it.
+        SplitFed V2 only: one shared decoder.
         """
         for chunk in wave:
             offset = 0
@@ -176,12 +180,16 @@ class SplitServer:
         for epoch in (epoch for c in wave for epoch in c.epochs):
             self.served[epoch] = self.served.get(epoch, 0) + 1
             at.append(Position(epoch, self.served[epoch] - 1, epoch_batches))
-        server_batch = self.cfg.federated.server_batch
-        steps = -(-len(z) // server_batch) if server_batch else len(at)
+        fed = self.cfg.federated
+        if fed.server_mix:
+            steps = -(-len(z) // fed.server_batch) if fed.server_batch else len(at)
+            sources = tuple((c.client, c.epochs[0], c.batches[0]) for c in wave)
+            order = torch.randperm(len(z), generator=torch.Generator().manual_seed(hash((self.cfg.run.seed, round_, sources)) % 2**63))
+        else:
+            steps = max(1, len(z) // fed.server_batch)
+            order = torch.arange(len(z))
         # each sample's client batch size, to rescale its gradient when the server re-cut the wave
-        batch_of = torch.cat([torch.full((size,), float(size)) for c in wave for size in c.sizes]).to(z.device) if server_batch else None
-        sources = tuple((c.client, c.epochs[0], c.batches[0]) for c in wave)
-        order = torch.randperm(len(z), generator=torch.Generator().manual_seed(hash((self.cfg.run.seed, round_, sources)) % 2**63))
+        batch_of = torch.cat([torch.full((size,), float(size)) for c in wave for size in c.sizes]).to(z.device) if fed.server_batch else None
         grads = torch.empty_like(z)
         loss, correct = 0.0, 0
         for step, piece in enumerate(torch.tensor_split(order, steps)):

@@ -9,12 +9,12 @@ syncing encoders), evaluate every client's encoder with the shared decoder, chec
 
 Messages travel through :class:`~fl_cem.federated.exchange.Exchange`.
 
-Serving order (``federated.order``): with ``lockstep`` the server serves in waves, every active
-client's next chunk once, in partition order, each chunk as soon as it and its predecessors in
-the wave are in; clients still compute concurrently (each gets its gradient as soon as its
-chunk is served), but the sequence of decoder steps no longer depends on timing, so runs repeat
-exactly and a resumed run ends where an uninterrupted one does. ``arrival`` serves each chunk
-the moment it arrives: no waiting on the slowest client, at the price of timing-dependent
+Serving order (``federated.order``, :mod:`fl_cem.federated.waves`): with ``lockstep`` the server
+serves in waves, every active client's next chunk once, in partition order, each chunk (or group
+of chunks the server pools) as soon as it and its predecessors in the wave are in; clients still
+compute concurrently, but the sequence of decoder steps no longer depends on timing, so runs
+repeat exactly and a resumed run ends where an uninterrupted one does. ``arrival`` serves each
+chunk the moment it arrives: no waiting on the slowest client, at the price of timing-dependent
 results.
 """
 
@@ -35,6 +35,7 @@ from fl_cem.federated.exchange import Exchange, TooFewClients, discover
 from fl_cem.federated.global_cem import GlobalCem
 from fl_cem.federated.hijack import replay_from, round_line
 from fl_cem.federated.server_logic import Chunk, SplitServer
+from fl_cem.federated.waves import Waves
 from fl_cem.federated.wire import from_record, to_record
 from fl_cem.reporting.board import Board
 from fl_cem.reporting.progress import eta_line
@@ -149,39 +150,6 @@ class FederatedRun:
     def partition(self, node: int) -> int:
         return int(self.nodes[node]["partition_id"])
 
-    def servable(self, waiting: dict[int, Message], active: set[int], wave: list[int]) -> list[Message]:
-        """Take the replies that may be served now out of ``waiting``, in serving order.
-
-        ``lockstep`` serves in waves: every active client once, in partition order. A wave is
-        served as a pipeline, each chunk as soon as its predecessors in the wave are done, so
-        early clients compute their next chunk while the server works through the later ones.
-        ``wave`` holds the rest of the current wave between calls. With ``federated.server-mix``
-        a wave is released only whole (:meth:`SplitServer.serve_wave` pools it).
-        """
-        if self.cfg.federated.order == "arrival":
-            ready = self.by_partition(waiting.values())
-            waiting.clear()
-            return ready
-        if self.cfg.federated.server_mix:  # the wave is served at once, when all of it is in
-            if not wave:
-                wave.extend(sorted(active, key=self.partition))
-            members = [node for node in wave if node in active]
-            if any(node not in waiting for node in members):
-                return []
-            wave.clear()
-            return [waiting.pop(node) for node in members]
-        ready = []
-        while active:
-            if not wave:
-                wave.extend(sorted(active, key=self.partition))
-            if wave[0] not in active:
-                wave.pop(0)
-            elif wave[0] in waiting:
-                ready.append(waiting.pop(wave.pop(0)))
-            else:
-                break
-        return ready
-
     def train_round(self, server_round: int, sampled: list[int]) -> tuple[list[Message], dict[str, float]]:
         """Serve the ``sampled`` clients' batches until each is done, failed or timed out."""
         cfg = self.cfg.federated
@@ -200,7 +168,7 @@ class FederatedRun:
         epoch_batches = sum(int(self.nodes[node]["batches"]) for node in active)
         synced: dict[int, Message] = {}
         waiting: dict[int, Message] = {}
-        wave: list[int] = []
+        waves: Waves[Message] = Waves(cfg, self.partition, smashed_rows)
         done: list[Message] = []
         served = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
         serving = 0.0
@@ -208,33 +176,30 @@ class FederatedRun:
         while active or synced:
             if synced and not active:
                 active = self.continue_after_sync(server_round, synced)
-                wave.clear()
+                waves.restart()
             replies, late = self.exchange.receive()
             active.difference_update(late)
             waiting.update((r.metadata.src_node_id, r) for r in replies)
-            chunks: dict[int, Chunk] = {}
-            for reply in self.servable(waiting, active, wave):
-                node = reply.metadata.src_node_id
-                if reply.has_error():
-                    self.log(f"client on node {node} failed in round {server_round}: {reply.error.reason}; left out of this round")
-                    active.discard(node)
-                    continue
-                meta = reply.content["config"]
-                if meta["status"] == "done":
-                    done.append(reply)
-                    active.discard(node)
-                    continue
-                if meta["status"] == "sync":
-                    synced[node] = reply
-                    active.discard(node)
-                    continue
-                data = from_record(reply.content["smashed"])
-                chunks[node] = Chunk(int(meta["partition_id"]), data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), list(meta["batches"]))
-                if not self.cfg.federated.server_mix:  # served at once: the client computes its next chunk meanwhile
+            for group in waves.release(waiting, active):
+                chunks: dict[int, Chunk] = {}
+                for reply in group:
+                    node = reply.metadata.src_node_id
+                    if reply.has_error():
+                        self.log(f"client on node {node} failed in round {server_round}: {reply.error.reason}; left out of this round")
+                        active.discard(node)
+                        continue
+                    meta = reply.content["config"]
+                    if meta["status"] == "done":
+                        done.append(reply)
+                        active.discard(node)
+                    elif meta["status"] == "sync":
+                        synced[node] = reply
+                        active.discard(node)
+                    else:
+                        data = from_record(reply.content["smashed"])
+                        chunks[node] = Chunk(int(meta["partition_id"]), data["z"], data["y"], list(meta["sizes"]), list(meta["epochs"]), list(meta["batches"]))
+                if chunks:
                     serving += self.serve_chunks(server_round, chunks, active, served, epoch_batches)
-                    chunks = {}
-            if chunks:
-                serving += self.serve_chunks(server_round, chunks, active, served, epoch_batches)
         done = self.by_partition(done)
         if len(done) < self.cfg.federated.min_clients:
             raise TooFewClients(
@@ -251,12 +216,13 @@ class FederatedRun:
         }
 
     def serve_chunks(self, server_round: int, chunks: dict[int, Chunk], active: set[int], served: dict[str, float], epoch_batches: int) -> float:
-        """Serve one client's chunk, or with ``federated.server-mix`` a whole wave (``chunks`` by
-        node), and send each client its gradients; returns the seconds spent serving. Chunks the
-        server cannot serve leave their clients out of the round."""
+        """Serve one client's chunk, or when the server pools (``federated.server-mix`` or
+        ``server-batch``) a group of a wave (``chunks`` by node), and send each client its
+        gradients; returns the seconds spent serving. Chunks the server cannot serve leave their
+        clients out of the round."""
         tick = time.perf_counter()
         try:
-            if self.cfg.federated.server_mix:
+            if self.cfg.federated.pools:
                 grads, metrics = self.server.serve_wave(list(chunks.values()), server_round, epoch_batches)
             else:
                 ((_, c),) = chunks.items()
@@ -433,3 +399,10 @@ class FederatedRun:
         )
         return summary
 
+
+def smashed_rows(reply: Message) -> int:
+    """Images of smashed data a reply carries (none in a ``done`` or ``sync`` reply, or an error)."""
+    if reply.has_error():
+        return 0
+    meta = reply.content["config"]
+    return sum(meta["sizes"]) if meta["status"] == "batch" else 0
