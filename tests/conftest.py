@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +13,11 @@ import torch
 from fl_cem.config import Config
 
 # One thread per process: the Ray actors and the test process share two cores, and
-# oversubscribed torch threads run many times slower than one.
+# oversubscribed torch threads run many times slower than one. The actors and child processes
+# read it from the environment: a developer's OMP_NUM_THREADS=2 gave the actors two threads and
+# the test process one, and the Flower path then drifted from the in-process reference by more
+# than the tolerance the tests compare them at (float sums in another order, which training amplifies).
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 RAY_USER = re.compile(r"simulate\(|run_federated|run_simulation|ray\.init|subprocess")
