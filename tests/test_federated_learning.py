@@ -122,29 +122,35 @@ def test_the_interceptor_keeps_the_latest_round_apart_and_resumes_it_exactly() -
     assert set(old.state_dict()["latest"]["meta"][:, 1].tolist()) == {3}
 
 
-def test_server_mix_steps_on_mixed_batches_and_returns_each_client_its_own_gradients() -> None:
-    # Prepare: a wave of two label-skewed clients (client 0 only class 0, client 1 only class 1)
-    cfg = Config.from_flat({"federated.server-mix": True, "run.device": "cpu"})
-    server = SplitServer(cfg, (1, 8, 8), 10, torch.device("cpu"))
-    wave = [Chunk(c, torch.randn(16, 8, 2, 2), torch.full((16,), c), [16], [3], [5]) for c in (0, 1)]
+def _record_steps(server: SplitServer) -> list[tuple[torch.Tensor, torch.Tensor, Position, torch.Tensor]]:
+    """Every decoder step ``server`` takes from now on, as (smashed data, labels, position, gradient)."""
     served = []
     step = server.shared.step
 
     def spy(z: torch.Tensor, y: torch.Tensor, at: Position, source: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         grad, metrics = step(z, y, at, source)
-        served.append((z.detach().clone(), y.clone(), grad.clone()))
+        served.append((z.detach().clone(), y.clone(), at, grad.clone()))
         return grad, metrics
 
     server.shared.step = spy  # type: ignore[method-assign]
+    return served
+
+
+def test_server_mix_steps_on_mixed_batches_and_returns_each_client_its_own_gradients() -> None:
+    # Prepare: a wave of two label-skewed clients (client 0 only class 0, client 1 only class 1)
+    cfg = Config.from_flat({"federated.server-mix": True, "run.device": "cpu"})
+    server = SplitServer(cfg, (1, 8, 8), 10, torch.device("cpu"))
+    wave = [Chunk(c, torch.randn(16, 8, 2, 2), torch.full((16,), c), [16], [3], [5]) for c in (0, 1)]
+    served = _record_steps(server)
     # Execute
     grads, metrics = server.serve_wave(wave, 1, 80)
     # Assert: as many steps as batches sent, each on both clients' classes
     assert len(served) == 2 and server.served == {3: 2} and metrics["count"] == 32
-    assert all(set(y.tolist()) == {0, 1} for _, y, _ in served)
+    assert all(set(y.tolist()) == {0, 1} for _, y, _, _ in served)
     # every row's gradient is the one computed for that row in its mixed batch, back with its client
     for chunk in wave:
         for row, z in enumerate(chunk.z):
-            matches = [g[i] for zs, _, g in served for i in range(len(zs)) if torch.equal(zs[i], z)]
+            matches = [g[i] for zs, _, _, g in served for i in range(len(zs)) if torch.equal(zs[i], z)]
             assert len(matches) == 1 and torch.equal(grads[chunk.client][row], matches[0])
     # the curious server recorded each client's batch as sent, with its source
     assert server.interceptor.whole.seen == 32 and set(server.interceptor.whole.meta[:32, 0].tolist()) == {0, 1}
@@ -155,24 +161,16 @@ def test_server_batch_recuts_the_wave_into_fewer_larger_steps_and_keeps_each_cli
     cfg = Config.from_flat({"federated.server-mix": True, "federated.server-batch": 40, "run.device": "cpu"})
     server = SplitServer(cfg, (1, 8, 8), 10, torch.device("cpu"))
     wave = [Chunk(c, torch.randn(16, 8, 2, 2), torch.full((16,), c), [16], [3], [c]) for c in range(4)]
-    served = []
-    step = server.shared.step
-
-    def spy(z: torch.Tensor, y: torch.Tensor, at: Position, source: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        grad, metrics = step(z, y, at, source)
-        served.append((z.detach().clone(), at, grad.clone()))
-        return grad, metrics
-
-    server.shared.step = spy  # type: ignore[method-assign]
+    served = _record_steps(server)
     # Execute
     grads, metrics = server.serve_wave(wave, 1, 80)
     # Assert: two steps of 32 (not four of 16); the warm-up moved by the 2 and then 4 client batches each completed
-    assert [len(z) for z, _, _ in served] == [32, 32] and metrics["count"] == 64
-    assert [at for _, at, _ in served] == [Position(3, 1, 80), Position(3, 3, 80)] and server.served == {3: 4}
+    assert [len(z) for z, _, _, _ in served] == [32, 32] and metrics["count"] == 64
+    assert [at for _, _, at, _ in served] == [Position(3, 1, 80), Position(3, 3, 80)] and server.served == {3: 4}
     # each row's gradient is its piece's, scaled from the mean over 32 to the mean over its client's 16
     for chunk in wave:
         for row, z in enumerate(chunk.z):
-            (match,) = [g[i] for zs, _, g in served for i in range(len(zs)) if torch.equal(zs[i], z)]
+            (match,) = [g[i] for zs, _, _, g in served for i in range(len(zs)) if torch.equal(zs[i], z)]
             assert torch.allclose(grads[chunk.client][row], 2 * match)
 
 
@@ -192,23 +190,16 @@ def test_server_batch_alone_steps_on_the_group_in_order_and_keeps_each_clients_g
     cfg = Config.from_flat({"federated.server-batch": 50, "run.device": "cpu"})
     server = SplitServer(cfg, (1, 8, 8), 10, torch.device("cpu"))
     wave = [Chunk(c, torch.randn(size, 8, 2, 2), torch.full((size,), c), [size], [3], [c]) for c, size in enumerate((16, 16, 24))]
-    served = []
-    step = server.shared.step
-
-    def spy(z: torch.Tensor, y: torch.Tensor, at: Position, source: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        grad, metrics = step(z, y, at, source)
-        served.append((z.detach().clone(), at, grad.clone()))
-        return grad, metrics
-
-    server.shared.step = spy  # type: ignore[method-assign]
+    served = _record_steps(server)
     # Execute
     grads, metrics = server.serve_wave(wave, 1, 80)
     # Assert: one step on all 56 images in the order sent, at the third client batch's position
-    assert len(served) == 1 and torch.equal(served[0][0], torch.cat([c.z for c in wave])) and served[0][1] == Position(3, 2, 80)
+    ((z, _, at, grad),) = served
+    assert torch.equal(z, torch.cat([c.z for c in wave])) and at == Position(3, 2, 80)
     # each client's rows come back scaled from the mean over 56 to the mean over its own batch
     offset = 0
     for chunk in wave:
-        part = served[0][2][offset : offset + len(chunk.z)]
+        part = grad[offset : offset + len(chunk.z)]
         assert torch.allclose(grads[chunk.client], part * 56 / len(chunk.z))
         offset += len(chunk.z)
     assert metrics["count"] == 56
