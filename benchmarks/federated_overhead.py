@@ -30,7 +30,7 @@ by side (``federated_<N>_also``): what an option such as ``federated.server-mix`
 ``--threads all_cores`` measures only the second setting, the one the targets compare with.
 The centralized epoch is measured again after the federated cells (``centralized_epoch_s_after``,
 each cell's ``ratio_to_centralized_after``): on the shared machine the reference itself drifts
-by up to 15 % between runs, and the two ratios show how far. The JSON is rewritten after every
+by up to a fifth between runs (21.2-25.6 s on 2026-12-07), and the two ratios show how far. The JSON is rewritten after every
 cell, so an interrupted run keeps what it measured.
 Prints and writes ``benchmarks/results/federated_overhead[_cifar10].json``.
 """
@@ -171,7 +171,7 @@ def main() -> None:
                         f"server compute {row['server_compute_s']:.2f} s, peak memory {memory.peak:.0f} MiB"
                     )
             # The reference again, after the cells: on this shared machine a three-epoch median
-            # moved 22.2-25.6 s between runs of the same benchmark, so each ratio is also given
+            # moved 21.2-25.6 s between runs of the same benchmark, so each ratio is also given
             # against the second figure, and the two bracket what the machine's drift allows.
             after = centralized_epoch_s(tmp, f"centralized_{label}_after")
             figures["centralized_epoch_s_after"] = after
