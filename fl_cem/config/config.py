@@ -62,8 +62,7 @@ class Config:
                 "the bound's log-determinant ratio log|S+Sp|/|Sp| is infinite for Sp = 0"
             )
         if self.federated.pools and self.malicious.attack != "none":
-            key = "server-mix" if self.federated.server_mix else "server-batch"
-            raise ValueError(f"federated.{key} with malicious.attack: the hijacking server answers each client's batch on its own; use one or the other")
+            raise ValueError(f"{self.federated.pooling_key} with malicious.attack: the hijacking server answers each client's batch on its own; use one or the other")
         if self.defense.name not in list_defenses():
             raise ValueError(
                 f"defense.name {self.defense.name!r} is not a registered defense; "

@@ -97,6 +97,11 @@ class FederatedConfig:
         return self.server_mix or self.server_batch > 0
 
     @property
+    def pooling_key(self) -> str:
+        """The key that makes the server pool, for error messages."""
+        return "federated.server-mix" if self.server_mix else "federated.server-batch"
+
+    @property
     def averages_encoders(self) -> bool:
         return self.variant != "vanilla"
 
@@ -122,9 +127,8 @@ class FederatedConfig:
         if self.server_batch < 0:
             raise ValueError(f"federated.server-batch must be >= 0 (0: one decoder step per client batch); got {self.server_batch}")
         if self.pools and (self.variant != "splitfed-v2" or self.order != "lockstep"):
-            key = "server-mix" if self.server_mix else "server-batch"
             raise ValueError(
-                f"federated.{key} pools a lockstep wave into one shared decoder: it needs variant 'splitfed-v2' and order 'lockstep'; got {self.variant!r}, {self.order!r}"
+                f"{self.pooling_key} pools a lockstep wave into one shared decoder: it needs variant 'splitfed-v2' and order 'lockstep'; got {self.variant!r}, {self.order!r}"
             )
         if self.max_in_flight < 0:
             raise ValueError(f"federated.max-in-flight must be >= 0 (0: no limit); got {self.max_in_flight}")
