@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Callable
 
 import pytest
@@ -15,22 +11,12 @@ from fl_cem.federated.reference import run_reference
 from fl_cem.training.centralized import train_centralized
 from fl_cem.training.server import Server
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "first_epoch_trace.py"
-
-
-def _load_script() -> ModuleType:
-    # benchmarks/ is not a package: load the script by path, as it is run
-    spec = importlib.util.spec_from_file_location("first_epoch_trace", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_benchmark
 
 
 def test_the_centralized_trace_is_every_step_of_the_epochs_it_reports(tiny: Callable[..., Config]) -> None:
     # Prepare
-    trace = _load_script()
+    trace = load_benchmark("first_epoch_trace")
     cfg = tiny(**{"cem.lambda": 0.0, "train.batch-size": 16})  # more steps a pass than the trace's slices
     original = Server.step
 
@@ -50,7 +36,7 @@ def test_the_centralized_trace_is_every_step_of_the_epochs_it_reports(tiny: Call
 
 def test_the_federated_trace_has_one_step_per_client_batch(tiny: Callable[..., Config]) -> None:
     # Prepare: two clients, lockstep, one decoder step per client batch (SplitFed V2)
-    trace = _load_script()
+    trace = load_benchmark("first_epoch_trace")
     cfg = tiny(**{"cem.lambda": 0.0})
 
     # Execute

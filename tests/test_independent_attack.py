@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Callable
 
 import pytest
@@ -17,24 +14,14 @@ from fl_cem.config import Config
 from fl_cem.reporting.run_dir import RunDir
 from fl_cem.training.centralized import train_centralized
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "independent_attack.py"
-
-
-def _load_script() -> ModuleType:
-    # benchmarks/ is not a package: load the script by path, as it is run
-    spec = importlib.util.spec_from_file_location("independent_attack", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_benchmark
 
 
 def test_independent_attack_beats_the_mean_image_on_an_undefended_run(tiny: Callable[..., Config], tmp_path: Path) -> None:
     # Prepare: no defense, no bottleneck, the default small noise; more digits than the fixture's
     # 300 so that a few epochs of fitting have something to learn from
     torch.set_num_threads(1)
-    bench = _load_script()
+    bench = load_benchmark("independent_attack")
     cfg = tiny(**{"train.epochs": 1, "data.train-subset": 900})
     train_centralized(cfg, log=lambda _: None)
     root = RunDir.for_config(cfg).root
@@ -62,7 +49,7 @@ def test_independent_attack_beats_the_mean_image_on_an_undefended_run(tiny: Call
 
 def test_mean_image_baseline_is_the_per_image_mse_of_the_aux_mean() -> None:
     # Prepare: two aux images whose mean is 0.5 everywhere, a target of ones
-    bench = _load_script()
+    bench = load_benchmark("independent_attack")
     aux = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
     targets = torch.ones(3, 1, 2, 2)
     # Execute / Assert
