@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from fl_cem.federated.exchange import Exchange
+from fl_cem.federated.exchange import Exchange, id_ranges
 
 
 @dataclass
@@ -57,3 +57,9 @@ def test_no_window_pushes_everything_at_once() -> None:
     exchange = Exchange(grid, timeout=60.0, log=print)  # type: ignore[arg-type]
     exchange.send([message(node) for node in range(8)])
     assert grid.most_held == 8 and not exchange.queued
+
+
+def test_partition_ids_log_as_runs() -> None:
+    assert id_ranges(range(1000)) == "0-999"
+    assert id_ranges([9, 0, 1, 2, 5, 7, 8, 12]) == "0-2, 5, 7-9, 12"
+    assert id_ranges([3]) == "3"

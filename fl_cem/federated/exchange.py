@@ -161,5 +161,16 @@ def discover(grid: Grid, exchange: Exchange, cfg: Config, log: Callable[[str], N
     shapes = {tuple(i["shape"]) for i in info.values()}
     if len(shapes) != 1:
         raise ValueError(f"clients hold data of different shapes: {sorted(shapes)}")
-    log(f"{len(info)} clients: partitions {sorted(int(i['partition_id']) for i in info.values())}")
+    log(f"{len(info)} clients: partitions {id_ranges(int(i['partition_id']) for i in info.values())}")
     return info
+
+
+def id_ranges(ids: Iterable[int]) -> str:
+    """``0-9, 12, 14-15``: partition ids as runs, so a thousand clients log one short line."""
+    runs: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
