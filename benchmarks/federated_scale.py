@@ -385,7 +385,7 @@ def main() -> None:
                 epochs = train_centralized(cfg, log=lambda line: print(f"  centralized: {line}", flush=True))["epochs"]
                 wall = time.perf_counter() - tick
             central = [e["train_time_s"] for e in epochs]
-            out["centralized"] = {"epoch_s": central, "wall_s_whole_run": wall, **memory.figures()}
+            out["centralized"] = {"epoch_s": central, "wall_s_whole_run": wall, "test_accuracy_last_epoch": epochs[-1]["test"]["accuracy"], **memory.figures()}
             print(f"centralized: epoch {statistics.median(central):.1f} s, peak memory {memory.peak_rss / 2**20:.2f} GiB (RSS sum)", flush=True)
         torch.set_num_threads(args.server_threads)
         timing_dir = Path(tmp) / "timing"
